@@ -1,0 +1,34 @@
+# Two entry points; each sets up a local virtual environment on first use.
+#   make report  — the main job: regenerate reports/ at the default, CPU-friendly scale
+#   make test    — the test suite (golden checks need ../shared next to the repository)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SHARED  ?= ../shared
+RELEASE := $(SHARED)/checkpoints/mt30_1M_steps_045dist_fp16.pt
+export MUJOCO_GL ?= egl
+
+.PHONY: setup report test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $(STAMP)
+
+report: $(STAMP)
+	$(BIN)/python -m tdmpc_opt_lib evaluate --checkpoint $(RELEASE) --tasks mt30 --episodes 2 --no-mpc \
+		--out reports/released_fp16_policy_seed0.csv | tee reports/released_fp16_policy_seed0.txt
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_planner.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

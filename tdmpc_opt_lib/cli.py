@@ -1,0 +1,59 @@
+"""Command line: ``python -m tdmpc_opt_lib <command> ...``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .checkpoints import CheckpointError
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .checkpoints import load_checkpoint
+    from .evaluation import evaluate, normalized_score, task_table
+    from .planner import PlannerConfig
+
+    model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size)
+    df = evaluate(model, args.tasks, args.episodes, args.seed, mpc=not args.no_mpc,
+                  planner_cfg=PlannerConfig(num_samples=args.samples, iterations=args.iterations),
+                  batch_envs=args.batch_envs, compile=not args.no_compile)
+    print(task_table(df).to_string())
+    mode = "policy prior (no MPC)" if args.no_mpc else "MPPI"
+    print(f"\nnormalized score: {normalized_score(df):.2f}  ({len(df)} episodes, {df.task.nunique()} tasks, "
+          f"seed {args.seed}, {mode}, {df.attrs['wall_s']:.0f} s)")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+        print(f"wrote {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tdmpc_opt_lib", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on MT30 tasks (TD-MPC2 protocol)")
+    ev.add_argument("--checkpoint", required=True, help="public TD-MPC2 / TD-MPC-Opt checkpoint or one of ours")
+    ev.add_argument("--tasks", default=None, help="'mt30' (all tasks of the model) or a comma list of task names")
+    ev.add_argument("--task-set", default=None, help="task set of a public checkpoint (default mt30)")
+    ev.add_argument("--model-size", type=int, default=None, help="expected model size (checked)")
+    ev.add_argument("--episodes", type=int, default=2)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-mpc", action="store_true", help="act with the policy prior's mean, no planning")
+    ev.add_argument("--samples", type=int, default=512, help="MPPI samples")
+    ev.add_argument("--iterations", type=int, default=6, help="MPPI iterations")
+    ev.add_argument("--batch-envs", type=int, default=64, help="episodes planned together in lock-step")
+    ev.add_argument("--no-compile", action="store_true", help="plan without torch.compile")
+    ev.add_argument("--out", default=None, help="CSV of per-episode results")
+    ev.set_defaults(func=_evaluate)
+    from . import quantize; quantize.register_cli(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

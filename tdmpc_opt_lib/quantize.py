@@ -1,0 +1,507 @@
+"""Quantization of TD-MPC2 world models: the TD-MPC-Opt paper's recipes and proper post-training quantization.
+
+**Paper recipes** (``paper-fp16``, ``paper-mixed``, ``paper-int8``) act on a public old-API state dict
+(:func:`tdmpc_opt_lib.checkpoints.to_public` ``(model, "old")``) and return it exactly as the released
+files hold it; their files are ``{"model": sd}``, read back by :func:`~tdmpc_opt_lib.checkpoints.load_checkpoint`.
+``torch.quantize_per_tensor(t, scale=1.0, zero_point=0)`` rounds every value to an integer, so most
+weights (|w| < 0.5) become 0: the collapse behind the paper's int8 and mixed scores.
+
+**This library's schemes** write ``{"model", "config", "format", "quantized": scheme, "deployable", ...}``
+(our module names), read back by :func:`load_quantized` into a :class:`WorldModel`:
+
+- ``fp32`` / ``fp16`` / ``bf16``: every float tensor stored in that dtype, loaded as float32.
+- ``int8``: every matmul weight (Linear, and the stacked Q ensemble per head) as int8 with symmetric
+  per-output-channel scales, stored as ``<layer>.weight`` (int8) + ``<layer>.weight_scale`` (fp32).
+  LayerNorm parameters, biases and the task embedding stay **fp32**: they are ~1.5 % of the parameters
+  (~0.1 MiB for the size-1 MT30 model) and fp32 keeps them exact for any model. Loaded with the weights
+  dequantized (weight-only quantization: the matmuls run in fp32).
+- ``int8-dynamic``: the same file; the loader swaps every online layer for :class:`Int8Linear` /
+  :class:`Int8EnsembleLinear`, whose matmuls run in int8 (``torch._int_mm``, int32 accumulation) on
+  activations quantized per row at run time. Biases, LayerNorm, Mish, SimNorm and the target Qs stay fp32.
+  The batched :class:`~tdmpc_opt_lib.planner.Planner` reads layer ``.weight`` tensors directly, so there
+  it gets the fp32 view of the int8 weights (only the encoder runs in int8); every WorldModel method
+  (``encode``/``next``/``reward``/``pi``/``Q``, :func:`~tdmpc_opt_lib.planner.plan_reference`, acting
+  with the policy prior) runs its matmuls in int8. ``torch.ao.quantization.quantize_dynamic`` is not used:
+  on torch 2.13 it warns it is deprecated (to be replaced by torchao), is per-tensor by default and only
+  converts ``nn.Linear`` (not the stacked ensemble).
+- ``mixed``: ``int8`` except the layers whose int8 quantization disturbs predictions most
+  (:func:`layer_sensitivity`) stay fp16, as many as fit a size budget (:func:`mixed_plan`).
+
+Sizes: every scheme has a full file (with target Qs, as the paper counts) and a deployable one without
+target Qs (:func:`write_variant`); :func:`export_safetensors` writes a pickle-free inference export.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import math
+from .checkpoints import FORMAT, CheckpointError, atomic_save, check_state_dict, read_file, to_public
+from .config import ModelConfig
+from .layers import EnsembleLinear
+from .world_model import WorldModel
+
+MiB = 2 ** 20
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OUR_SCHEMES = (*STORAGE_DTYPES, "int8", "int8-dynamic", "mixed")
+PAPER_SCHEMES = ("paper-fp16", "paper-mixed", "paper-int8")
+SCHEMES = OUR_SCHEMES + PAPER_SCHEMES
+MIXED_BUDGET_RATIO = 2.8 / 3.9  # default mixed budget: the paper's mixed/fp16 file-size ratio (Table 4)
+
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # obs [B, obs_dim], action [B, A], task [B]
+
+
+# ------------------------------------------------------------------------------ paper recipes
+def _qint8_unit(t: torch.Tensor) -> torch.Tensor:
+    return torch.quantize_per_tensor(t.float(), scale=1.0, zero_point=0, dtype=torch.qint8)
+
+
+def paper_fp16(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """TD-MPC-Opt fp16 release: every float tensor cast to float16."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def paper_int8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """TD-MPC-Opt int8 release: every float tensor ``quantize_per_tensor(scale=1.0, zero_point=0, qint8)``."""
+    return {k: _qint8_unit(v) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def paper_mixed(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """TD-MPC-Opt mixed release: keys containing 'weight' or 'bias' in float16, other float tensors
+    (the old-API ``_Qs.params.k`` / ``_target_Qs.params.k``) qint8 with scale 1.0."""
+    return {k: (v.half() if "weight" in k or "bias" in k else _qint8_unit(v)) if v.is_floating_point() else v
+            for k, v in sd.items()}
+
+
+PAPER_RECIPES: dict[str, Callable[[dict], dict]] = {
+    "paper-fp16": paper_fp16, "paper-mixed": paper_mixed, "paper-int8": paper_int8}
+
+
+def save_paper(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Write a recipe's output as the release files are: ``{"model": sd}``."""
+    atomic_save({"model": sd}, path)
+
+
+# ------------------------------------------------------------------------------ per-channel int8
+def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel of ``w [..., out, in]``: ``w ≈ q · scale[..., None]``, |q| ≤ 127.
+
+    ``scale = max|w_row| / 127``, so the reconstruction error is at most ``scale / 2`` per element.
+    """
+    w = w.detach().float()
+    amax = w.abs().amax(-1)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    return torch.round(w / scale.unsqueeze(-1)).clamp(-127, 127).to(torch.int8), scale
+
+
+def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.unsqueeze(-1)
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x @ (q·scale)ᵀ`` in int8: each row of ``x`` quantized symmetrically at run time, int32 accumulation."""
+    x2 = x.reshape(-1, x.shape[-1])
+    xs = x2.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127
+    y = torch._int_mm(torch.round(x2 / xs).to(torch.int8), q.t())
+    return (y.float() * xs * scale).view(*x.shape[:-1], q.shape[0])
+
+
+class Int8Linear(nn.Module):
+    """Inference-only int8 replacement of a Linear / NormedLinear (bias, LayerNorm, activation in fp32)."""
+
+    def __init__(self, layer: nn.Linear, q: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("qweight", q.contiguous())
+        self.register_buffer("weight_scale", scale.float())
+        self.bias = layer.bias
+        if hasattr(layer, "ln"):  # NormedLinear; like the planner, tell the two kinds apart by this attribute
+            self.ln, self.act = layer.ln, layer.act
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """fp32 view of the int8 weight (read by the batched planner)."""
+        return dequantize_per_channel(self.qweight, self.weight_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = int8_matmul(x, self.qweight, self.weight_scale) + self.bias
+        return self.act(self.ln(y)) if hasattr(self, "ln") else y
+
+
+class Int8EnsembleLinear(nn.Module):
+    """Inference-only int8 replacement of an :class:`EnsembleLinear`: one int8 matmul per Q head."""
+
+    def __init__(self, layer: EnsembleLinear, q: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("qweight", q.contiguous())
+        self.register_buffer("weight_scale", scale.float())
+        self.bias, self.ln = layer.bias, layer.ln
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return dequantize_per_channel(self.qweight, self.weight_scale)
+
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+        q, s, b = self.qweight, self.weight_scale, self.bias
+        if heads is not None:
+            q, s, b = q[heads], s[heads], b[heads]
+        y = torch.stack([int8_matmul(x if x.dim() == 2 else x[i], q[i], s[i]) for i in range(q.shape[0])])
+        y = y + b.unsqueeze(1)
+        if self.ln is None:
+            return y
+        g, beta = (self.ln.weight, self.ln.bias) if heads is None else (self.ln.weight[heads], self.ln.bias[heads])
+        return F.mish(F.layer_norm(y, y.shape[-1:]) * g.unsqueeze(1) + beta.unsqueeze(1))
+
+
+def matmul_layers(model: WorldModel) -> list[str]:
+    """Names of the online layers with a matmul weight: encoder, dynamics, reward, pi, Q ensemble."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, EnsembleLinear)) and not n.startswith("_target_Qs.")]
+
+
+def to_int8_dynamic(model: WorldModel, stored: dict[str, torch.Tensor] | None = None) -> WorldModel:
+    """Swap (in place) every online matmul layer for its int8 version; ``stored``: a file's int8 weights + scales."""
+    for name in matmul_layers(model):
+        layer = model.get_submodule(name)
+        q, s = (stored[f"{name}.weight"], stored[f"{name}.weight_scale"]) if stored else quantize_per_channel(layer.weight)
+        new = Int8EnsembleLinear(layer, q, s) if isinstance(layer, EnsembleLinear) else Int8Linear(layer, q, s)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+    return model
+
+
+# ------------------------------------------------------------------------------ our schemes
+def quantize_state(model: WorldModel, scheme: str, fp16_layers: list[str] | tuple[str, ...] = (),
+                   deployable: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict a scheme of ours stores (module names of :class:`WorldModel`).
+
+    ``fp16_layers`` (``mixed`` only): online layers kept in fp16; their target-Q copies follow them.
+    ``deployable`` drops the target Qs.
+    """
+    if any(isinstance(m, (Int8Linear, Int8EnsembleLinear)) for m in model.modules()):
+        raise ValueError("model is already int8-dynamic: quantize the float model (load_checkpoint) instead")
+    if scheme not in OUR_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; schemes of this library: {', '.join(OUR_SCHEMES)}")
+    layers = matmul_layers(model)
+    if unknown := [n for n in fp16_layers if n not in layers]:
+        raise ValueError(f"fp16_layers {unknown} are not matmul layers; choose from {layers}")
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()
+          if not (deployable and k.startswith("_target_Qs."))}
+    if scheme in STORAGE_DTYPES:
+        return {k: v.to(STORAGE_DTYPES[scheme]) if v.is_floating_point() else v for k, v in sd.items()}
+    weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, EnsembleLinear))}
+    keep = {f"{n}.weight" for n in fp16_layers if scheme == "mixed"}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.replace("_target_Qs.", "_Qs.", 1) in keep:
+            out[k] = v.half()
+        elif k in weights:
+            out[k], out[f"{k}_scale"] = quantize_per_channel(v)
+        else:
+            out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def dequantize_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 tensors from a stored state: int8 weights times their ``_scale``, others upcast."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".weight_scale"):
+            continue
+        if v.dtype == torch.int8:
+            if f"{k}_scale" not in sd:
+                raise CheckpointError(f"int8 tensor {k!r} has no scale tensor {k + '_scale'!r}")
+            out[k] = dequantize_per_channel(v, sd[f"{k}_scale"])
+        else:
+            out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def quantized_checkpoint(model: WorldModel, scheme: str, deployable: bool = False,
+                         fp16_layers: list[str] | None = None, inputs: Inputs | None = None) -> dict:
+    """The object a scheme's file holds. ``mixed`` without ``fp16_layers`` runs :func:`mixed_plan` on ``inputs``."""
+    if scheme in PAPER_RECIPES:
+        sd = {k: v.detach().cpu() for k, v in to_public(model, "old").items()
+              if not (deployable and k.startswith("_target_Qs."))}
+        return {"model": PAPER_RECIPES[scheme](sd)}
+    if scheme == "mixed" and fp16_layers is None:
+        fp16_layers = mixed_plan(model, inputs=inputs)[0]
+    obj = {"model": quantize_state(model, scheme, fp16_layers or (), deployable), "config": model.cfg.to_dict(),
+           "format": FORMAT, "quantized": scheme, "deployable": deployable}
+    if scheme == "mixed":
+        obj["fp16_layers"] = list(fp16_layers)
+    return obj
+
+
+def save_quantized(model: WorldModel, scheme: str, path: str | os.PathLike, deployable: bool = False,
+                   fp16_layers: list[str] | None = None, inputs: Inputs | None = None) -> dict:
+    """Write a scheme's file atomically; returns what was written."""
+    obj = quantized_checkpoint(model, scheme, deployable, fp16_layers, inputs)
+    atomic_save(obj, path)
+    return obj
+
+
+def _build(cfg: ModelConfig, stored: dict[str, torch.Tensor], scheme: str, path: Path,
+           device: str | torch.device) -> WorldModel:
+    if scheme not in OUR_SCHEMES:
+        raise CheckpointError(f"{path}: unknown quantization scheme {scheme!r} (known: {', '.join(OUR_SCHEMES)})")
+    sd = dequantize_state(stored)
+    if not any(k.startswith("_target_Qs.") for k in sd):  # deployable file: target Qs only matter for training
+        sd.update({f"_target_Qs.{k[4:]}": v.clone() for k, v in sd.items() if k.startswith("_Qs.")})
+    model = WorldModel(cfg)
+    check_state_dict(model, sd, path)
+    model.load_state_dict(sd)
+    if scheme == "int8-dynamic":
+        to_int8_dynamic(model, stored)
+    return model.to(device).eval()
+
+
+def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu") -> WorldModel:
+    """Load a file written by :func:`save_quantized` / :func:`write_variant` (schemes of this library).
+
+    Weights are dequantized to float32 (``int8-dynamic``: int8 layers, see the module doc). A deployable
+    file (no target Qs) gets target Qs copied from the online Qs. Paper-recipe and float files raise a
+    :class:`CheckpointError` pointing to :func:`~tdmpc_opt_lib.checkpoints.load_checkpoint`.
+    """
+    path = Path(path)
+    obj = read_file(path)
+    if not (str(obj.get("format", "")).startswith("tdmpc_opt/") and obj.get("quantized")):
+        raise CheckpointError(f"{path} is not a quantized file of this library (no 'quantized' entry): "
+                              "load it with tdmpc_opt_lib.checkpoints.load_checkpoint")
+    return _build(ModelConfig.from_dict(obj["config"]), obj["model"], obj["quantized"], path, device)
+
+
+# ------------------------------------------------------------------------------ safetensors export
+def export_safetensors(model: WorldModel, scheme: str, out_dir: str | os.PathLike,
+                       fp16_layers: list[str] | None = None, inputs: Inputs | None = None) -> Path:
+    """Inference export without pickle: ``model.safetensors`` (deployable tensors; int8 + fp32 scales)
+    and ``config.json`` (config, scheme); read back by :func:`load_safetensors`."""
+    from safetensors.torch import save_file
+
+    if scheme not in OUR_SCHEMES:
+        raise ValueError(f"safetensors export supports {', '.join(OUR_SCHEMES)}; the paper recipes store "
+                         "torch quantized tensors, which safetensors cannot hold")
+    obj = quantized_checkpoint(model, scheme, deployable=True, fp16_layers=fp16_layers, inputs=inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in obj["model"].items()}, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps({k: v for k, v in obj.items() if k != "model"}, indent=1))
+    return out
+
+
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> WorldModel:
+    """Load an :func:`export_safetensors` folder into a :class:`WorldModel`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path} is not a safetensors export (needs config.json and model.safetensors)")
+    meta = json.loads((path / "config.json").read_text())
+    return _build(ModelConfig.from_dict(meta["config"]), load_file(path / "model.safetensors"),
+                  meta.get("quantized", ""), path, device)
+
+
+# ------------------------------------------------------------------------------ sensitivity, mixed scheme
+def calibration_inputs(model: WorldModel, per_task: int = 8, seed: int = 0) -> Inputs:
+    """``per_task`` random (obs, action) rows per task, drawn as the golden model I/O files draw them
+    (per task: ``standard_normal((n, obs_dim))`` then ``uniform(-1, 1, (n, action_dim))``, zero-padded):
+    for MT30 and seed 0 these are exactly the inputs of ``shared/golden/model_io_seed0.npz``."""
+    rng = np.random.default_rng(seed)
+    ts, c = model.cfg.tasks, model.cfg
+    obs = np.zeros((len(ts.tasks), per_task, c.obs_dim), np.float32)
+    act = np.zeros((len(ts.tasks), per_task, c.action_dim), np.float32)
+    for k, (od, ad) in enumerate(zip(ts.obs_dims, ts.action_dims)):
+        obs[k, :, :od] = rng.standard_normal((per_task, od))
+        act[k, :, :ad] = rng.uniform(-1, 1, (per_task, ad))
+    task = torch.arange(len(ts.tasks)).repeat_interleave(per_task)
+    return torch.from_numpy(obs.reshape(-1, c.obs_dim)), torch.from_numpy(act.reshape(-1, c.action_dim)), task
+
+
+@torch.no_grad()
+def predictions(model: WorldModel, obs: torch.Tensor, action: torch.Tensor, task: torch.Tensor) -> dict[str, torch.Tensor]:
+    """reward, Q of every head, next latent and policy mean for ``(obs, action, task)`` rows (z from obs)."""
+    c = model.cfg
+    z = model.encode(obs, task)
+    return {"reward": math.two_hot_inv(model.reward(z, action, task), c.vmin, c.vmax),
+            "q": math.two_hot_inv(model.Q(z, action, task, "all"), c.vmin, c.vmax),
+            "next_z": model.next(z, action, task),
+            "pi_mean": model.pi(z, task, torch.Generator().manual_seed(0))[1]["mean"]}
+
+
+def prediction_errors(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Max absolute error per prediction (``err_reward``, ``err_q``, ``err_next_z``, ``err_pi_mean``)."""
+    return {f"err_{k}": (out[k] - ref[k]).abs().max().item() for k in ref}
+
+
+def _relative_rms(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> float:
+    """Mean over predictions of RMS(error) / RMS(reference): one unitless sensitivity score."""
+    return float(np.mean([((out[k] - ref[k]).pow(2).mean() / ref[k].pow(2).mean().clamp(min=1e-12)).sqrt().item()
+                          for k in ref]))
+
+
+@torch.no_grad()
+def layer_sensitivity(model: WorldModel, inputs: Inputs | None = None) -> pd.DataFrame:
+    """Quantize one layer at a time to int8 (per channel) and measure the prediction errors on ``inputs``
+    (default :func:`calibration_inputs`). Sorted by ``score`` (mean relative RMS error), most sensitive first."""
+    m = copy.deepcopy(model).eval()
+    inputs = inputs or calibration_inputs(m)
+    ref = predictions(m, *inputs)
+    rows = []
+    for name in matmul_layers(m):
+        layer = m.get_submodule(name)
+        w = layer.weight.data.clone()
+        layer.weight.data = dequantize_per_channel(*quantize_per_channel(w))
+        out = predictions(m, *inputs)
+        layer.weight.data = w
+        rows.append({"layer": name, "params": w.numel(), "score": _relative_rms(ref, out), **prediction_errors(ref, out)})
+    return pd.DataFrame(rows).sort_values("score", ascending=False, ignore_index=True)
+
+
+def tensor_bytes(sd: dict) -> int:
+    """Bytes of the tensors of a state dict (qint8 / int8 count 1 byte per element)."""
+    return sum(v.numel() * v.element_size() for v in sd.values() if isinstance(v, torch.Tensor))
+
+
+def mixed_plan(model: WorldModel, budget_mib: float | None = None,
+               inputs: Inputs | None = None) -> tuple[list[str], pd.DataFrame]:
+    """Layers to keep in fp16: the most sensitive first, each kept if the full checkpoint's tensor bytes
+    stay within ``budget_mib`` (default ``MIXED_BUDGET_RATIO`` × the fp16 size). Returns (layers, sensitivity)."""
+    sens = layer_sensitivity(model, inputs)
+    budget = budget_mib * MiB if budget_mib is not None else MIXED_BUDGET_RATIO * tensor_bytes(quantize_state(model, "fp16"))
+    keep: list[str] = []
+    for name in sens["layer"]:
+        if tensor_bytes(quantize_state(model, "mixed", keep + [name])) <= budget:
+            keep.append(name)
+    sens["fp16"] = sens["layer"].isin(keep)
+    return keep, sens
+
+
+# ------------------------------------------------------------------------------ sizes and the table
+def deploy_path(path: str | os.PathLike) -> Path:
+    """Where :func:`write_variant` puts the deployable file of ``path``: ``<stem>-deploy<suffix>``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-deploy{path.suffix}")
+
+
+def write_variant(model: WorldModel, scheme: str, path: str | os.PathLike, fp16_layers: list[str] | None = None,
+                  inputs: Inputs | None = None) -> dict:
+    """Write a scheme's full file at ``path`` and its deployable file (no target Qs) at :func:`deploy_path`.
+
+    Returns sizes in MiB: on disk (``full_mib``, ``deployable_mib``) and tensor bytes (``*_tensor_mib``).
+    """
+    if scheme == "mixed" and fp16_layers is None:
+        fp16_layers = mixed_plan(model, inputs=inputs)[0]
+    row: dict = {"scheme": scheme}
+    for kind, p, deployable in (("full", Path(path), False), ("deployable", deploy_path(path), True)):
+        obj = save_quantized(model, scheme, p, deployable, fp16_layers)
+        row[f"{kind}_mib"] = p.stat().st_size / MiB
+        row[f"{kind}_tensor_mib"] = tensor_bytes(obj["model"]) / MiB
+        row[f"{kind}_path"] = str(p)
+    return row
+
+
+def load_variant(path: str | os.PathLike, scheme: str, model_cfg: ModelConfig) -> WorldModel:
+    """Load a file written for ``scheme``: paper recipes via load_checkpoint, ours via :func:`load_quantized`."""
+    from .checkpoints import load_checkpoint
+
+    if scheme in PAPER_RECIPES:
+        return load_checkpoint(path, task_set=list(model_cfg.tasks.tasks))
+    return load_quantized(path)
+
+
+def planning_latency_ms(model: WorldModel, planner_cfg=None, steps: int = 10) -> float:
+    """Mean wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment (eager)."""
+    from .planner import Planner
+
+    planner = Planner(model, planner_cfg, seed=0)
+    obs, task = torch.zeros(1, model.cfg.obs_dim), torch.zeros(1, dtype=torch.long)
+    planner.plan(obs, task, t0=True)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        planner.plan(obs, task)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def forward_latency_ms(model: WorldModel, inputs: Inputs, steps: int = 10) -> float:
+    """Mean wall time (ms) of :func:`predictions` (all WorldModel heads, where int8-dynamic runs int8 matmuls)."""
+    predictions(model, *inputs)
+    start = time.perf_counter()
+    for _ in range(steps):
+        predictions(model, *inputs)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] = SCHEMES,
+                       out_dir: str | os.PathLike = "quantized", eval_kwargs: dict | None = None,
+                       inputs: Inputs | None = None, latency_steps: int = 10) -> pd.DataFrame:
+    """Write, reload and measure each scheme; one row per scheme.
+
+    Columns: sizes (:func:`write_variant`), max prediction errors of the reloaded model vs ``model`` on
+    ``inputs`` (default :func:`calibration_inputs`), and, when ``eval_kwargs`` is given (keyword arguments
+    of :func:`~tdmpc_opt_lib.evaluation.evaluate`), ``score`` (normalized score), ``plan_ms`` (Planner
+    latency per action, with ``eval_kwargs["planner_cfg"]``) and ``forward_ms`` (:func:`forward_latency_ms`).
+    """
+    from .evaluation import evaluate, normalized_score
+
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown:
+        raise ValueError(f"unknown schemes {unknown}; known: {', '.join(SCHEMES)}")
+    inputs = inputs or calibration_inputs(model)
+    ref = predictions(copy.deepcopy(model).eval(), *inputs)
+    out_dir = Path(out_dir)
+    rows = []
+    for scheme in schemes:
+        row = write_variant(model, scheme, out_dir / f"{scheme}.pt", inputs=inputs)
+        loaded = load_variant(row["full_path"], scheme, model.cfg)
+        row.update(prediction_errors(ref, predictions(loaded, *inputs)))
+        if eval_kwargs is not None:
+            row["score"] = normalized_score(evaluate(loaded, **eval_kwargs))
+            row["plan_ms"] = planning_latency_ms(loaded, eval_kwargs.get("planner_cfg"), latency_steps)
+            row["forward_ms"] = forward_latency_ms(loaded, inputs, latency_steps)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ command line
+def _cli(args: argparse.Namespace) -> None:
+    from .checkpoints import load_checkpoint
+
+    if args.export_safetensors and args.scheme not in OUR_SCHEMES:
+        raise ValueError(f"--export-safetensors needs a scheme of this library ({', '.join(OUR_SCHEMES)}): "
+                         "the paper recipes store torch quantized tensors, which safetensors cannot hold")
+    model = load_checkpoint(args.checkpoint, task_set=args.task_set)
+    fp16_layers = None
+    if args.scheme == "mixed":
+        fp16_layers, sens = mixed_plan(model, args.budget_mib)
+        print(sens[["layer", "params", "score", "fp16"]].to_string(index=False))
+    row = write_variant(model, args.scheme, args.out, fp16_layers)
+    for kind in ("full", "deployable"):
+        print(f"{args.scheme} {kind:<10} {row[f'{kind}_mib']:7.3f} MiB on disk, "
+              f"{row[f'{kind}_tensor_mib']:7.3f} MiB of tensors -> {row[f'{kind}_path']}")
+    if args.export_safetensors:
+        out = export_safetensors(model, args.scheme, args.export_safetensors, fp16_layers)
+        size = sum(f.stat().st_size for f in out.iterdir()) / MiB
+        print(f"safetensors export {size:7.3f} MiB on disk -> {out}")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``quantize`` to the ``python -m tdmpc_opt_lib`` command line."""
+    p = subparsers.add_parser("quantize", help="write a quantized checkpoint (paper recipes or post-training quantization)")
+    p.add_argument("--checkpoint", required=True, help="float or released checkpoint (anything load_checkpoint reads)")
+    p.add_argument("--scheme", required=True, choices=SCHEMES)
+    p.add_argument("--out", required=True, help="full file; the deployable one (no target Qs) is written as <stem>-deploy<suffix>")
+    p.add_argument("--export-safetensors", default=None, metavar="DIR", help="also write a safetensors inference export")
+    p.add_argument("--budget-mib", type=float, default=None, help="mixed: tensor-size budget of the full file "
+                   f"(default {MIXED_BUDGET_RATIO:.3f} x the fp16 size)")
+    p.add_argument("--task-set", default=None, help="task set of a public checkpoint (default mt30)")
+    p.set_defaults(func=_cli)

@@ -1,0 +1,141 @@
+"""The multi-task TD-MPC2 world model: encoder, latent dynamics, reward, policy prior and Q ensemble."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from . import math
+from .config import ModelConfig
+from .layers import EnsembleLinear, QEnsemble, SimNorm, mlp
+
+TaskLike = torch.Tensor | int
+
+
+class WorldModel(nn.Module):
+    """TD-MPC2's implicit world model for a multi-task set (state observations).
+
+    Every input is concatenated as ``[x, task_embedding]`` and, where an action is used,
+    ``[z, task_embedding, action]``. ``task`` is an int or a LongTensor of task indices (one per row).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        L, E, A, M = cfg.latent_dim, cfg.task_dim, cfg.action_dim, cfg.mlp_dim
+        self._task_emb = nn.Embedding(cfg.num_tasks, E, max_norm=1)
+        self._encoder = nn.ModuleDict({"state": mlp(cfg.obs_dim + E, max(cfg.num_enc_layers - 1, 1) * [cfg.enc_dim],
+                                                    L, act=SimNorm(cfg.simnorm_dim))})
+        self._dynamics = mlp(L + E + A, 2 * [M], L, act=SimNorm(cfg.simnorm_dim))
+        self._reward = mlp(L + E + A, 2 * [M], cfg.num_bins)
+        self._pi = mlp(L + E, 2 * [M], 2 * A)
+        self._Qs = QEnsemble(cfg.num_q, L + E + A, 2 * [M], cfg.num_bins, dropout=cfg.dropout)
+        self._target_Qs = copy.deepcopy(self._Qs).requires_grad_(False)
+        masks = torch.zeros(cfg.num_tasks, A)
+        for i, dim in enumerate(cfg.tasks.action_dims):
+            masks[i, :dim] = 1
+        self.register_buffer("_action_masks", masks, persistent=False)
+        self.register_buffer("discount", torch.tensor(cfg.tasks.discounts(), dtype=torch.float32), persistent=False)
+        self.init_weights()
+
+    # ----------------------------------------------------------------- set-up
+    def init_weights(self) -> None:
+        """TD-MPC2 initialisation: trunc-normal(0.02) weights, zero biases, zero last reward/Q weights."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, EnsembleLinear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        nn.init.uniform_(self._task_emb.weight, -0.02, 0.02)
+        nn.init.zeros_(self._reward[-1].weight)
+        nn.init.zeros_(self._Qs[-1].weight)
+        self.sync_target(tau=1.0)
+
+    @torch.no_grad()
+    def sync_target(self, tau: float = 0.01) -> None:
+        """Polyak update ``target ← (1−tau)·target + tau·online`` of the target Q ensemble."""
+        for p, tp in zip(self._Qs.parameters(), self._target_Qs.parameters()):
+            tp.lerp_(p, tau)
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter count per component (target Qs listed separately, as checkpoints store them)."""
+        parts = {"task_emb": self._task_emb, "encoder": self._encoder, "dynamics": self._dynamics,
+                 "reward": self._reward, "pi": self._pi, "Qs": self._Qs, "target_Qs": self._target_Qs}
+        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        counts["total (without target Qs)"] = sum(v for k, v in counts.items() if k != "target_Qs")
+        return counts
+
+    def __repr__(self) -> str:
+        counts = self.param_counts()
+        lines = [f"WorldModel(size={self.cfg.model_size}, tasks={self.cfg.num_tasks}, latent={self.cfg.latent_dim})"]
+        lines += [f"  {k:<26}{v:>12,}" for k, v in counts.items()]
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- pieces
+    def task_emb(self, x: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        """Append the task embedding to ``x``; ``task`` broadcasts over all leading dims but the last of x."""
+        if isinstance(task, int):
+            task = torch.full(x.shape[:-1], task, device=x.device)
+        emb = self._task_emb(task.long())
+        if emb.shape[:-1] != x.shape[:-1]:
+            emb = emb.expand(*x.shape[:-1], emb.shape[-1])
+        return torch.cat([x, emb], dim=-1)
+
+    def action_mask(self, task: TaskLike) -> torch.Tensor:
+        if isinstance(task, int):
+            return self._action_masks[task]
+        return self._action_masks[task.long()]
+
+    def encode(self, obs: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        return self._encoder["state"](self.task_emb(obs, task))
+
+    def next(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        return self._dynamics(torch.cat([self.task_emb(z, task), a], dim=-1))
+
+    def reward(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        """Reward logits over ``num_bins`` symlog bins."""
+        return self._reward(torch.cat([self.task_emb(z, task), a], dim=-1))
+
+    def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Sample an action from the squashed-Gaussian policy prior; ``info`` holds mean, log_std, entropies."""
+        mean, log_std = self._pi(self.task_emb(z, task)).chunk(2, dim=-1)
+        log_std = math.scale_log_std(log_std, self.cfg.log_std_min, self.cfg.log_std_max)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        mask = self.action_mask(task)
+        mean, log_std, eps = mean * mask, log_std * mask, eps * mask
+        action_dims = mask.sum(-1, keepdim=True)
+        log_prob = math.gaussian_logprob(eps, log_std)
+        scaled_log_prob = log_prob * action_dims
+        action = torch.tanh(mean + eps * log_std.exp())
+        log_prob = log_prob - math.squash_correction(action)
+        entropy_scale = scaled_log_prob / (log_prob + 1e-8)
+        info = {"mean": torch.tanh(mean), "log_std": log_std, "entropy": -log_prob,
+                "scaled_entropy": -log_prob * entropy_scale}
+        return action, info
+
+    def Q(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike, return_type: str = "min", target: bool = False,
+          detach: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Q-values. ``all``: logits ``[num_q, *batch, bins]``; ``min``/``avg``: over two random heads."""
+        if return_type not in ("all", "min", "avg"):
+            raise ValueError(f"return_type must be 'all', 'min' or 'avg', got {return_type!r}")
+        x = torch.cat([self.task_emb(z, task), a], dim=-1)
+        batch = x.shape[:-1]
+        net = self._target_Qs if target else self._Qs
+        if return_type == "all":
+            return self._run_q(net, x.reshape(-1, x.shape[-1]), None, detach).reshape(-1, *batch, self.cfg.num_bins)
+        heads = two_random_heads(self.cfg.num_q, generator, x.device)
+        logits = self._run_q(net, x.reshape(-1, x.shape[-1]), heads, detach)
+        q = math.two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax).reshape(2, *batch, 1)
+        return q.min(0).values if return_type == "min" else q.sum(0) / 2
+
+    @staticmethod
+    def _run_q(net: QEnsemble, x: torch.Tensor, heads: torch.Tensor | None, detach: bool) -> torch.Tensor:
+        if not detach:
+            return net(x, heads)
+        params = {k: v.detach() for k, v in net.named_parameters()}
+        return torch.func.functional_call(net, params, (x, heads))
+
+
+def two_random_heads(num_q: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Indices of two distinct Q heads drawn at random (TD-MPC2 draws a permutation every call)."""
+    return torch.randperm(num_q, generator=generator, device=device)[:2]

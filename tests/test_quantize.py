@@ -1,0 +1,253 @@
+"""Quantization: the paper's recipes against the released files, and our post-training schemes."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from tdmpc_opt_lib import quantize as Q
+from tdmpc_opt_lib.checkpoints import CheckpointError, dequantize, load_checkpoint, read_file, save_checkpoint, to_public
+from tdmpc_opt_lib.cli import main
+from tdmpc_opt_lib.config import model_config
+from tdmpc_opt_lib.planner import Planner, PlannerConfig
+from tdmpc_opt_lib.world_model import WorldModel
+
+RELEASE = "checkpoints/mt30_1M_steps_045dist_{}.pt"
+TASKS = ["cartpole-balance", "reacher-easy", "cup-catch"]
+# Max relative RMS error of reward / Q / next_z / pi_mean (mean over the four) after a save → load round trip
+# of the small random model below: fp32 is exact, fp16 keeps ~11 bits, bf16 ~8 bits, int8 ~7 bits per weight.
+ROUND_TRIP_TOL = {"fp32": 1e-7, "fp16": 2e-3, "bf16": 2e-2, "int8": 2e-2, "int8-dynamic": 4e-2, "mixed": 2e-2,
+                  "paper-fp16": 2e-3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_model() -> WorldModel:
+    """A small custom-size model with non-trivial weights in every layer (no zero last layers)."""
+    torch.manual_seed(0)
+    m = WorldModel(model_config(None, TASKS, enc_dim=64, mlp_dim=96, latent_dim=32, task_dim=16))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def released(shared_dir) -> WorldModel:
+    path = shared_dir / RELEASE.format("fp16")
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return load_checkpoint(path)
+
+
+def _rel(ref: WorldModel, model: WorldModel) -> float:
+    inputs = Q.calibration_inputs(ref)
+    return Q._relative_rms(Q.predictions(copy.deepcopy(ref), *inputs), Q.predictions(model, *inputs))
+
+
+# ------------------------------------------------------------------------------ per-channel int8
+def test_per_channel_error_bound():
+    g = torch.Generator().manual_seed(0)
+    for shape in ((16, 40), (3, 7, 33)):  # Linear [out, in] and stacked ensemble [heads, out, in]
+        w = torch.randn(shape, generator=g) * torch.rand(shape[:-1] + (1,), generator=g) * 3
+        w[..., 0, :] = 0  # an all-zero channel
+        q, scale = Q.quantize_per_channel(w)
+        assert q.dtype == torch.int8 and scale.shape == shape[:-1] and q.abs().max() <= 127
+        err = (Q.dequantize_per_channel(q, scale) - w).abs()
+        assert (err <= scale.unsqueeze(-1) / 2 * (1 + 1e-5)).all()
+        assert (q[..., 0, :] == 0).all()
+        assert torch.equal(q.abs().amax(-1)[..., 1:], torch.full_like(q[..., 1:, 0], 127))
+
+
+def test_int8_state_layout(small_model):
+    sd = Q.quantize_state(small_model, "int8")
+    float_sd = small_model.state_dict()
+    layers = Q.matmul_layers(small_model)
+    assert len(layers) == 14
+    for name in layers + [n.replace("_Qs.", "_target_Qs.") for n in layers if n.startswith("_Qs.")]:
+        q, scale = sd[f"{name}.weight"], sd[f"{name}.weight_scale"]
+        assert q.dtype == torch.int8 and scale.shape == q.shape[:-1] and scale.dtype == torch.float32
+        err = (Q.dequantize_per_channel(q, scale) - float_sd[f"{name}.weight"]).abs()
+        assert (err <= scale.unsqueeze(-1) / 2 * (1 + 1e-5)).all(), name
+    others = [k for k in sd if k.endswith((".bias", "ln.weight", "ln.bias")) or k == "_task_emb.weight"]
+    assert others and all(sd[k].dtype == torch.float32 and torch.equal(sd[k], float_sd[k]) for k in others)
+    assert not any(k.startswith("_target_Qs.") for k in Q.quantize_state(small_model, "int8", deployable=True))
+
+
+# ------------------------------------------------------------------------------ round trips
+@pytest.mark.parametrize("scheme", list(ROUND_TRIP_TOL))
+def test_round_trip(small_model, scheme, tmp_path):
+    row = Q.write_variant(small_model, scheme, tmp_path / "m.pt")
+    full = Q.load_variant(row["full_path"], scheme, small_model.cfg)
+    assert _rel(small_model, full) <= ROUND_TRIP_TOL[scheme]
+    if scheme in Q.OUR_SCHEMES:  # the deployable file rebuilds the same acting model (target Qs = online Qs)
+        deploy = Q.load_quantized(row["deployable_path"])
+        inputs = Q.calibration_inputs(small_model)
+        a, b = Q.predictions(full, *inputs), Q.predictions(deploy, *inputs)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(deploy._target_Qs[0].bias, deploy._Qs[0].bias)
+    if scheme in ("int8", "mixed"):  # weights: int8 layers within scale/2, fp16 layers within fp16 rounding
+        stored = read_file(row["full_path"])["model"]
+        for name in Q.matmul_layers(small_model):
+            w, back = small_model.get_submodule(name).weight, full.get_submodule(name).weight
+            bound = stored[f"{name}.weight_scale"].unsqueeze(-1) / 2 if f"{name}.weight_scale" in stored \
+                else w.abs() * 2 ** -11 + 2 ** -25  # fp16: half an ulp (relative 2^-11; 2^-25 in the subnormals)
+            assert ((back - w).abs() <= bound * (1 + 1e-5)).all(), name
+
+
+def test_int8_dynamic_runs_int8_matmuls(small_model, monkeypatch, tmp_path):
+    Q.save_quantized(small_model, "int8-dynamic", tmp_path / "d.pt")
+    model = Q.load_quantized(tmp_path / "d.pt")
+    assert not any(isinstance(model.get_submodule(n), (torch.nn.Linear,)) for n in Q.matmul_layers(small_model))
+    calls = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.dtype) or real(a, b))
+    Q.predictions(model, *Q.calibration_inputs(model))
+    # encoder 2 + reward 3 + next 3 + pi 3 + Q 3 layers x 2 heads
+    assert len(calls) == 17 and set(calls) == {torch.int8}
+    planner = Planner(model, PlannerConfig(num_samples=32, num_elites=4, num_pi_trajs=4, iterations=2), seed=0)
+    action = planner.plan(torch.zeros(2, model.cfg.obs_dim), torch.tensor([0, 1]), t0=True)
+    assert action.shape == (2, model.cfg.action_dim) and torch.isfinite(action).all()
+
+
+def test_safetensors_export(small_model, tmp_path):
+    fp16_layers = ["_encoder.state.0", "_reward.2"]
+    out = Q.export_safetensors(small_model, "mixed", tmp_path / "st", fp16_layers=fp16_layers)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    from safetensors.torch import load_file
+    tensors = load_file(out / "model.safetensors")
+    assert tensors["_Qs.1.weight"].dtype == torch.int8 and tensors["_reward.2.weight"].dtype == torch.float16
+    assert not any(k.startswith("_target_Qs.") for k in tensors)
+    Q.save_quantized(small_model, "mixed", tmp_path / "d.pt", deployable=True, fp16_layers=fp16_layers)
+    a, b = Q.load_safetensors(out), Q.load_quantized(tmp_path / "d.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="safetensors"):
+        Q.export_safetensors(small_model, "paper-int8", tmp_path / "p")
+    with pytest.raises(CheckpointError, match="not a safetensors export"):
+        Q.load_safetensors(tmp_path)
+
+
+# ------------------------------------------------------------------------------ loaders, sizes, mixed
+def test_wrong_loader_errors(small_model, tmp_path):
+    Q.save_quantized(small_model, "int8", tmp_path / "q.pt")
+    with pytest.raises(CheckpointError, match="quantize.load_quantized"):
+        load_checkpoint(tmp_path / "q.pt")
+    save_checkpoint(small_model, tmp_path / "f.pt")
+    Q.save_quantized(small_model, "paper-int8", tmp_path / "p.pt")
+    for name in ("f.pt", "p.pt"):
+        with pytest.raises(CheckpointError, match="checkpoints.load_checkpoint"):
+            Q.load_quantized(tmp_path / name)
+    with pytest.raises(ValueError, match="unknown scheme"):
+        Q.quantize_state(small_model, "int4")
+
+
+def test_size_ordering(small_model, tmp_path):
+    rows = {s: Q.write_variant(small_model, s, tmp_path / f"{s}.pt") for s in Q.SCHEMES}
+    for kind in ("full_mib", "full_tensor_mib", "deployable_mib", "deployable_tensor_mib"):
+        assert rows["int8"][kind] < rows["mixed"][kind] < rows["fp16"][kind] < rows["fp32"][kind]
+        assert rows["paper-int8"][kind] < rows["paper-mixed"][kind] < rows["paper-fp16"][kind]
+    for row in rows.values():
+        assert row["deployable_mib"] < row["full_mib"] and row["deployable_tensor_mib"] < row["full_tensor_mib"]
+    assert rows["fp32"]["full_tensor_mib"] == pytest.approx(2 * rows["fp16"]["full_tensor_mib"])
+
+
+def test_mixed_plan_budget(small_model):
+    fp16 = Q.tensor_bytes(Q.quantize_state(small_model, "fp16"))
+    keep, sens = Q.mixed_plan(small_model)
+    assert sens["score"].is_monotonic_decreasing and set(sens["layer"]) == set(Q.matmul_layers(small_model))
+    assert 0 < len(keep) < 14 and keep == list(sens.loc[sens["fp16"], "layer"])
+    assert Q.tensor_bytes(Q.quantize_state(small_model, "mixed", keep)) <= Q.MIXED_BUDGET_RATIO * fp16
+    assert len(Q.mixed_plan(small_model, budget_mib=100)[0]) == 14
+    assert Q.mixed_plan(small_model, budget_mib=Q.tensor_bytes(Q.quantize_state(small_model, "int8")) / Q.MiB)[0] == []
+
+
+# ------------------------------------------------------------------------------ the released model
+@pytest.fixture(scope="module")
+def release_sds(shared_dir) -> dict[str, dict]:
+    paths = {n: shared_dir / RELEASE.format(n) for n in ("fp16", "int8", "mixed")}
+    if not all(p.is_file() for p in paths.values()):
+        pytest.skip("released TD-MPC-Opt checkpoints not found in shared/checkpoints")
+    return {n: read_file(p)["model"] for n, p in paths.items()}
+
+
+def test_paper_recipes_reproduce_release(release_sds, released):
+    fp32 = dequantize(release_sds["fp16"])                 # the released fp16 weights, upcast
+    assert list(to_public(released, "old")) == list(release_sds["fp16"])  # our model → the release's layout
+    assert all(torch.equal(a, b) for a, b in zip(Q.paper_fp16(fp32).values(), release_sds["fp16"].values()))
+    for name, recipe in (("int8", Q.paper_int8), ("mixed", Q.paper_mixed)):
+        ours, theirs = recipe(fp32), release_sds[name]
+        assert list(ours) == list(theirs)
+        same = total = 0
+        for k, v in theirs.items():
+            assert ours[k].dtype == v.dtype and ours[k].shape == v.shape, k
+            if v.is_quantized:
+                assert (ours[k].qscheme(), ours[k].q_scale(), ours[k].q_zero_point()) == \
+                       (v.qscheme(), v.q_scale(), v.q_zero_point())
+                same += (ours[k].int_repr() == v.int_repr().cpu()).sum().item()
+                total += v.numel()
+            else:
+                assert torch.equal(ours[k], v.cpu()), k
+        # the release was quantized from fp32 weights: values just above ±0.5 became exactly ±0.5 in fp16
+        # and now round to 0 instead of ±1 (≈ 0.012 % of the elements)
+        print(f"\npaper-{name}: {same}/{total} = {same / total:.6f} of the integers match the release")
+        assert same / total >= 0.999
+
+
+def test_paper_int8_collapse(released, tmp_path):
+    sd = Q.paper_int8(to_public(released, "old"))
+    weights = [v.int_repr() for k, v in sd.items() if k.endswith(".weight") and "ln" not in k and "_task_emb" not in k]
+    weights += [sd[f"_Qs.params.{k}"].int_repr() for k in (0, 4, 8)]
+    zero = sum((w == 0).sum().item() for w in weights) / sum(w.numel() for w in weights)
+    print(f"\npaper-int8: {zero:.4f} of the matmul weights are 0")
+    assert zero > 0.9  # most weights (|w| < 0.5) round to 0 under scale 1.0 (measured 0.924)
+    Q.save_paper(sd, tmp_path / "int8.pt")  # the collapsed file loads like the release and runs
+    model = load_checkpoint(tmp_path / "int8.pt")
+    assert torch.isfinite(Q.predictions(model, *Q.calibration_inputs(model, per_task=1))["next_z"]).all()
+
+
+def test_released_table_golden(released, shared_dir, tmp_path):
+    with np.load(shared_dir / "golden" / "model_io_seed0.npz") as g:
+        obs, action = g["obs"].reshape(-1, 24), g["action"].reshape(-1, 6)
+    inputs = Q.calibration_inputs(released)
+    assert np.array_equal(inputs[0].numpy(), obs) and np.array_equal(inputs[1].numpy(), action)
+    df = Q.quantization_table(released, Q.SCHEMES, tmp_path, inputs=inputs).set_index("scheme")
+    print("\n" + df.drop(columns=["full_path", "deployable_path"]).round(4).to_string())
+    # max |error| on the 240 golden rows; for scale: |Q| averages 118 (max 218), |reward| 0.25 (max 2.8)
+    assert (df.loc[["fp32", "fp16", "paper-fp16"], ["err_reward", "err_q", "err_next_z"]] == 0).all().all()
+    tol = {"bf16": (0.25, 8, 0.02), "int8": (0.3, 30, 0.05), "int8-dynamic": (1.0, 60, 0.1), "mixed": (0.3, 30, 0.05)}
+    for scheme, (r, q, z) in tol.items():
+        assert df.loc[scheme, "err_reward"] <= r and df.loc[scheme, "err_q"] <= q and df.loc[scheme, "err_next_z"] <= z
+    assert df.loc["paper-int8", "err_reward"] > 100 and df.loc["paper-mixed", "err_q"] > 100  # the collapse
+    assert 3.7 < df.loc["paper-fp16", "full_mib"] < 3.9 and df.loc["int8", "full_mib"] < 2.05
+
+
+# ------------------------------------------------------------------------------ CLI and table
+def test_cli(small_model, tmp_path, capsys):
+    save_checkpoint(small_model, tmp_path / "f.pt")
+    argv = ["quantize", "--checkpoint", str(tmp_path / "f.pt"), "--out", str(tmp_path / "q.pt")]
+    assert main(argv + ["--scheme", "mixed", "--export-safetensors", str(tmp_path / "st")]) == 0
+    out = capsys.readouterr().out
+    assert "mixed full" in out and "mixed deployable" in out and "safetensors export" in out
+    assert (tmp_path / "q-deploy.pt").is_file() and (tmp_path / "st" / "model.safetensors").is_file()
+    assert Q.load_quantized(tmp_path / "q.pt").cfg.tasks.tasks == tuple(TASKS)
+    assert main(argv + ["--scheme", "paper-int8", "--export-safetensors", str(tmp_path / "p")]) == 2
+
+
+def test_quantization_table_smoke(small_model, tmp_path):
+    cfg = PlannerConfig(num_samples=32, num_elites=4, num_pi_trajs=4, iterations=2)
+    eval_kwargs = dict(tasks=["cartpole-balance"], episodes=1, episode_length=20, mpc=False, progress=False,
+                       planner_cfg=cfg)
+    df = Q.quantization_table(small_model, ["fp16", "int8-dynamic", "paper-int8"], tmp_path, eval_kwargs,
+                              latency_steps=1)
+    assert list(df["scheme"]) == ["fp16", "int8-dynamic", "paper-int8"]
+    assert df["score"].between(0, 100).all() and (df["plan_ms"] > 0).all() and (df["forward_ms"] > 0).all()
+    assert (df["deployable_mib"] < df["full_mib"]).all()
