@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="CSV of per-episode results")
     ev.set_defaults(func=_evaluate)
     from . import quantize; quantize.register_cli(sub)
+    from . import training; training.register_cli(sub)
     return ap
 
 

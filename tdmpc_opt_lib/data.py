@@ -1,0 +1,493 @@
+"""Offline datasets: our memory-mapped format, the public MT30/MT80 chunks, a window sampler.
+
+Our format is a folder of plain ``.npy`` files plus ``index.json`` (no pickles, nothing executes
+on load)::
+
+    obs.npy            [steps, obs_dim]     float32  every step of every episode, episodes back to back
+    action.npy         [steps, action_dim]  float32  action that led to the step (NaN on an episode's first row)
+    reward.npy         [steps]              float32  reward received on arriving at the step (NaN on the first row)
+    episode_task.npy   [episodes]           int64    task index into ``index.json["tasks"]``
+    episode_offset.npy [episodes]           int64    first row of each episode
+    episode_length.npy [episodes]           int64    rows of each episode (agent steps + 1)
+
+The public TD-MPC2 chunks (``chunk_*.pt``) are pickled TensorDicts of shape [episodes, T+1]; reading
+them runs pickle code, so :func:`convert_public` does it only with ``trust=True``, once, and the
+result is our format. Real chunks need ``pip install tensordict`` to unpickle; a plain dict of
+tensors in the same layout (what :func:`export_public` writes) reads without it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "tdmpc_opt_dataset"
+VERSION = 1
+_STEP_FIELDS = ("obs", "action", "reward")
+_EPISODE_FIELDS = ("episode_task", "episode_offset", "episode_length")
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file that is missing, truncated or malformed."""
+
+
+class UntrustedFileError(DatasetError):
+    """A pickle-based file was about to be loaded without the caller's explicit ``trust=True``."""
+
+
+# --------------------------------------------------------------------------------------- dataset
+class Dataset:
+    """Episodes stored as flat per-step arrays (numpy or memory-mapped) plus per-episode arrays."""
+
+    def __init__(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, episode_task: np.ndarray,
+                 episode_offset: np.ndarray, episode_length: np.ndarray, tasks: list[str], path: Path | None = None):
+        self.obs, self.action, self.reward = obs, action, reward
+        self.episode_task, self.episode_offset, self.episode_length = episode_task, episode_offset, episode_length
+        self.tasks, self.path = list(tasks), path
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_length)
+
+    @property
+    def num_steps(self) -> int:
+        """Rows in use (the per-step arrays may be longer, as in a growing replay buffer)."""
+        return int(self.episode_offset[-1] + self.episode_length[-1]) if self.num_episodes else 0
+
+    @property
+    def obs_dim(self) -> int:
+        return self.obs.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.action.shape[1]
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.path or 'in memory'}: {self.num_episodes} episodes, {self.num_steps} steps, "
+                f"{len(self.tasks)} tasks, obs {self.obs_dim}, action {self.action_dim})")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Dataset":
+        """Memory-map a dataset folder, checking the index and every array's dtype and shape."""
+        path = Path(path)
+        index_file = path / "index.json"
+        if not index_file.is_file():
+            raise DatasetError(f"{path} is not a dataset: {index_file.name} is missing")
+        try:
+            index = json.loads(index_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{index_file} is malformed: {e}") from e
+        need = ("format", "version", "tasks", "obs_dim", "action_dim", "episodes", "steps")
+        if not isinstance(index, dict) or any(k not in index for k in need):
+            raise DatasetError(f"{index_file} is malformed: expected the keys {list(need)}")
+        if index["format"] != FORMAT or index["version"] != VERSION:
+            raise DatasetError(f"{index_file}: unsupported format {index['format']!r} version {index['version']} "
+                               f"(this library reads {FORMAT!r} version {VERSION})")
+        S, E = index["steps"], index["episodes"]
+        expected = {"obs": ((S, index["obs_dim"]), np.float32), "action": ((S, index["action_dim"]), np.float32),
+                    "reward": ((S,), np.float32), "episode_task": ((E,), np.int64),
+                    "episode_offset": ((E,), np.int64), "episode_length": ((E,), np.int64)}
+        arrays = {name: _load_npy(path / f"{name}.npy", shape, dtype) for name, (shape, dtype) in expected.items()}
+        ds = cls(**arrays, tasks=index["tasks"], path=path)
+        _check_episodes(ds, path)
+        return ds
+
+
+def _load_npy(file: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    if not file.is_file():
+        raise DatasetError(f"{file} is missing")
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        size = file.stat().st_size
+        raise DatasetError(f"{file} is truncated or not a .npy file ({size} bytes; {e})") from e
+    if arr.dtype != dtype or arr.shape != shape:
+        raise DatasetError(f"{file} holds {arr.dtype}{list(arr.shape)}, index.json says {np.dtype(dtype)}{list(shape)}")
+    return arr
+
+
+def _check_episodes(ds: Dataset, path: Path) -> None:
+    lengths, offsets = np.asarray(ds.episode_length), np.asarray(ds.episode_offset)
+    if ds.num_episodes and (lengths.min() < 1 or offsets[0] != 0 or np.any(offsets[1:] != np.cumsum(lengths)[:-1])
+                            or ds.num_steps != len(ds.obs)):
+        raise DatasetError(f"{path}: episode_offset/episode_length are inconsistent with each other or with "
+                           f"the {len(ds.obs)} stored steps")
+    task = np.asarray(ds.episode_task)
+    if len(task) and (task.min() < 0 or task.max() >= len(ds.tasks)):
+        raise DatasetError(f"{path}: episode_task has values outside [0, {len(ds.tasks)})")
+
+
+# ---------------------------------------------------------------------------------------- writing
+class _NpyAppender:
+    """A ``.npy`` file written row block by row block; the header gets the final row count on close."""
+
+    HEADER = 128
+
+    def __init__(self, file: Path, dtype, row_shape: tuple[int, ...]):
+        self.f, self.dtype, self.row_shape, self.rows = open(file, "wb"), np.dtype(dtype), row_shape, 0
+        self.f.write(b"\0" * self.HEADER)
+
+    def append(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.shape[1:] != self.row_shape:
+            raise ValueError(f"expected rows of shape {self.row_shape}, got {x.shape[1:]}")
+        self.f.write(memoryview(x).cast("B"))              # no copy of (possibly GB-sized) blocks
+        self.rows += len(x)
+
+    def close(self) -> None:
+        d = f"{{'descr': {self.dtype.str!r}, 'fortran_order': False, 'shape': {(self.rows, *self.row_shape)}, }}"
+        header = d.encode("latin1").ljust(self.HEADER - 11) + b"\n"
+        assert len(header) == self.HEADER - 10, d
+        self.f.seek(0)
+        self.f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+class DatasetWriter:
+    """Write a dataset folder episode block by episode block without holding it in memory.
+
+    Everything goes to a temporary sibling folder that is renamed into place by :meth:`close`; on
+    an error (or a kill) the destination is untouched and the temporary folder is removed (or
+    left as an obviously named ``.<name>.tmp-*``). Use as a context manager.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, tasks: list[str], obs_dim: int, action_dim: int,
+                 overwrite: bool = False):
+        self.out = Path(out_dir)
+        if self.out.exists() and not overwrite:
+            raise FileExistsError(f"{self.out} already exists (pass overwrite=True to replace it)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
+        self.tasks, self.obs_dim, self.action_dim = list(tasks), obs_dim, action_dim
+        self.files = {"obs": _NpyAppender(self.tmp / "obs.npy", np.float32, (obs_dim,)),
+                      "action": _NpyAppender(self.tmp / "action.npy", np.float32, (action_dim,)),
+                      "reward": _NpyAppender(self.tmp / "reward.npy", np.float32, ())}
+        self.episode_task: list[np.ndarray] = []
+        self.episode_length: list[np.ndarray] = []
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, task: np.ndarray | int) -> None:
+        """Append equal-length episodes: ``obs [E, T+1, obs]``, ``action [E, T+1, A]``, ``reward [E, T+1]``, ``task``.
+
+        Observations/actions narrower than the dataset's are zero-padded.
+        """
+        obs, action, reward = (np.asarray(x, dtype=np.float32) for x in (obs, action, reward))
+        E, T1 = reward.shape
+        if obs.shape[:2] != (E, T1) or action.shape[:2] != (E, T1):
+            raise ValueError(f"obs {obs.shape}, action {action.shape} and reward {reward.shape} "
+                             "disagree on [episodes, steps]")
+        task = np.broadcast_to(np.asarray(task, dtype=np.int64), (E,))
+        if task.min() < 0 or task.max() >= len(self.tasks):
+            raise ValueError(f"task index outside [0, {len(self.tasks)})")
+        self.files["obs"].append(_pad(obs, self.obs_dim).reshape(E * T1, -1))
+        self.files["action"].append(_pad(action, self.action_dim).reshape(E * T1, -1))
+        self.files["reward"].append(reward.reshape(-1))
+        self.episode_task.append(task.copy())
+        self.episode_length.append(np.full(E, T1, dtype=np.int64))
+
+    def close(self) -> Path:
+        """Finish the files, write ``index.json`` and move the folder into place."""
+        for f in self.files.values():
+            f.close()
+        task = np.concatenate(self.episode_task) if self.episode_task else np.zeros(0, np.int64)
+        length = np.concatenate(self.episode_length) if self.episode_length else np.zeros(0, np.int64)
+        offset = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64) if len(length) else length
+        for name, arr in (("episode_task", task), ("episode_offset", offset), ("episode_length", length)):
+            np.save(self.tmp / f"{name}.npy", arr)
+        index = {"format": FORMAT, "version": VERSION, "tasks": self.tasks, "obs_dim": self.obs_dim,
+                 "action_dim": self.action_dim, "episodes": int(len(length)), "steps": int(length.sum()),
+                 "transitions": int((length - 1).sum())}
+        (self.tmp / "index.json").write_text(json.dumps(index, indent=1))
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old)
+        return self.out
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _pad(x: np.ndarray, width: int) -> np.ndarray:
+    if x.shape[-1] > width:
+        raise ValueError(f"feature size {x.shape[-1]} exceeds the dataset's {width}")
+    if x.shape[-1] == width:
+        return x
+    return np.concatenate([x, np.zeros((*x.shape[:-1], width - x.shape[-1]), x.dtype)], -1)
+
+
+def save(ds: Dataset, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write any :class:`Dataset` (e.g. a replay buffer's view) to ``out_dir`` in our format."""
+    with DatasetWriter(out_dir, ds.tasks, ds.obs_dim, ds.action_dim, overwrite) as w:
+        for e in range(ds.num_episodes):
+            rows = slice(int(ds.episode_offset[e]), int(ds.episode_offset[e] + ds.episode_length[e]))
+            w.add(ds.obs[rows][None], ds.action[rows][None], ds.reward[rows][None], int(ds.episode_task[e]))
+    return Path(out_dir)
+
+
+def merge(sources: list[str | os.PathLike], out_dir: str | os.PathLike, tasks: list[str]) -> Path:
+    """Concatenate datasets into one over the task list ``tasks`` (padding obs/actions, remapping task ids)."""
+    dsets = [Dataset.open(s) for s in sources]
+    missing = sorted({t for d in dsets for t in d.tasks} - set(tasks))
+    if missing:
+        raise ValueError(f"tasks {missing} of the sources are not in the target task list {tasks}")
+    with DatasetWriter(out_dir, tasks, max(d.obs_dim for d in dsets), max(d.action_dim for d in dsets)) as w:
+        for d in dsets:
+            remap = np.array([tasks.index(t) for t in d.tasks])
+            for e in range(d.num_episodes):
+                rows = slice(int(d.episode_offset[e]), int(d.episode_offset[e] + d.episode_length[e]))
+                w.add(d.obs[rows][None], d.action[rows][None], d.reward[rows][None], remap[d.episode_task[e]])
+    return Path(out_dir)
+
+
+class EpisodeBuffer:
+    """Growable in-memory replay buffer of whole episodes; :attr:`dataset` is a live view for sampling."""
+
+    def __init__(self, tasks: list[str], obs_dim: int, action_dim: int, capacity: int = 10_000):
+        self.tasks = list(tasks)
+        self._obs = np.zeros((capacity, obs_dim), np.float32)
+        self._action = np.zeros((capacity, action_dim), np.float32)
+        self._reward = np.zeros(capacity, np.float32)
+        self._task: list[int] = []
+        self._length: list[int] = []
+        self.rows = 0
+        self._view: Dataset | None = None
+
+    def add_episode(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, task: int) -> None:
+        """``obs [T+1, obs]``, ``action [T+1, A]``, ``reward [T+1]`` (first action/reward NaN)."""
+        n = len(reward)
+        if self.rows + n > len(self._reward):
+            grow = max(len(self._reward), self.rows + n - len(self._reward))
+            for name in ("_obs", "_action", "_reward"):
+                old = getattr(self, name)
+                setattr(self, name, np.concatenate([old, np.zeros((grow, *old.shape[1:]), old.dtype)]))
+        self._obs[self.rows:self.rows + n] = _pad(np.asarray(obs, np.float32), self._obs.shape[1])
+        self._action[self.rows:self.rows + n] = _pad(np.asarray(action, np.float32), self._action.shape[1])
+        self._reward[self.rows:self.rows + n] = reward
+        self._task.append(int(task))
+        self._length.append(n)
+        self.rows += n
+        self._view = None
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._view is None:
+            length = np.array(self._length, dtype=np.int64)
+            offset = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64) if len(length) else length
+            self._view = Dataset(self._obs[:self.rows], self._action[:self.rows], self._reward[:self.rows],
+                                 np.array(self._task, dtype=np.int64), offset, length, self.tasks)
+        return self._view
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> "EpisodeBuffer":
+        buf = cls(ds.tasks, ds.obs_dim, ds.action_dim, capacity=max(ds.num_steps, 1) * 2)
+        n = ds.num_steps
+        buf._obs[:n], buf._action[:n], buf._reward[:n] = ds.obs[:n], ds.action[:n], ds.reward[:n]
+        buf._task, buf._length, buf.rows = [int(t) for t in ds.episode_task], [int(x) for x in ds.episode_length], n
+        buf._view = None
+        return buf
+
+
+# ---------------------------------------------------------------------------------------- sampling
+class WindowSampler:
+    """Uniform random windows of ``horizon + 1`` consecutive steps that never cross an episode boundary.
+
+    ``sample()`` returns torch tensors ``obs [H+1, B, obs]``, ``action [H, B, A]``, ``reward [H, B, 1]``
+    and ``task [B]``: the actions and rewards of window steps 1..H, as in TD-MPC2's buffer. Episodes
+    appended to the dataset later (a replay buffer) are picked up automatically.
+    """
+
+    def __init__(self, dataset: "Dataset | EpisodeBuffer", horizon: int = 3, batch_size: int = 256, seed: int = 0,
+                 tasks: list[str] | None = None):
+        self.source, self.horizon, self.batch_size = dataset, horizon, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.task_ids = None if tasks is None else [_task_index(dataset.tasks, t) for t in tasks]
+        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def ds(self) -> Dataset:
+        return self.source.dataset if isinstance(self.source, EpisodeBuffer) else self.source
+
+    def _windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(episodes with at least one window, cumulative window counts, first row of their first window
+        minus the windows before them) for the current dataset."""
+        E = self.ds.num_episodes
+        if self._cache is None or self._cache[0] != E:
+            count = np.maximum(np.asarray(self.ds.episode_length) - self.horizon, 0)
+            if self.task_ids is not None:
+                count = count * np.isin(np.asarray(self.ds.episode_task), self.task_ids)
+            episodes = np.flatnonzero(count)
+            cum = np.cumsum(count[episodes])
+            base = np.asarray(self.ds.episode_offset)[episodes] - (cum - count[episodes])
+            self._cache = (E, episodes, cum, base)
+        return self._cache[1:]
+
+    @property
+    def num_windows(self) -> int:
+        cum = self._windows()[1]
+        return int(cum[-1]) if len(cum) else 0
+
+    def sample_starts(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(first row, episode id) of ``batch_size`` windows drawn uniformly with replacement."""
+        episodes, cum, base = self._windows()
+        if not len(cum):
+            raise ValueError(f"no window of {self.horizon + 1} steps in the dataset (for the selected tasks)")
+        u = self.rng.integers(0, cum[-1], batch_size or self.batch_size)   # window number
+        k = np.searchsorted(cum, u, side="right")
+        return base[k] + u, episodes[k]
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        start, ep = self.sample_starts()
+        H, B = self.horizon, len(start)
+        rows = (start[None, :] + np.arange(H + 1)[:, None]).reshape(-1)     # [(H+1)·B], step-major
+        obs = np.asarray(self.ds.obs[rows]).reshape(H + 1, B, -1)
+        action = np.asarray(self.ds.action[rows]).reshape(H + 1, B, -1)[1:]
+        reward = np.asarray(self.ds.reward[rows]).reshape(H + 1, B, 1)[1:]
+        return {"obs": torch.from_numpy(obs), "action": torch.from_numpy(action),
+                "reward": torch.from_numpy(reward), "task": torch.from_numpy(np.asarray(self.ds.episode_task)[ep])}
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+def _task_index(tasks: list[str], t: str | int) -> int:
+    if isinstance(t, int):
+        return t
+    if t not in tasks:
+        raise ValueError(f"task {t!r} is not in the dataset; its tasks: {', '.join(tasks)}")
+    return tasks.index(t)
+
+
+# ------------------------------------------------------------------------------ public chunk layout
+_UNTRUSTED = ("{path} is a pickle: loading it can run arbitrary code. Convert public chunks once with "
+              "convert_public(paths, out_dir, trust=True) (CLI: convert-data --trust) only if you trust their "
+              "source (e.g. the official TD-MPC2 release); training then reads the safe converted format.")
+
+
+def read_public_chunk(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Load one public ``chunk_*.pt`` (a pickle!) as ``{obs, action, reward, task}`` tensors [E, T+1, ...]."""
+    path = Path(path)
+    if not trust:
+        raise UntrustedFileError(_UNTRUSTED.format(path=path))
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing")
+    try:
+        td = torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        raise DatasetError(f"{path} needs the module {e.name!r} to unpickle (public chunks are TensorDicts: "
+                           "pip install tensordict)") from e
+    except Exception as e:
+        raise DatasetError(f"{path} is truncated or not a torch file ({type(e).__name__}: {e})") from e
+    try:
+        out = {k: torch.as_tensor(td[k]) for k in ("obs", "action", "reward", "task")}
+    except (KeyError, TypeError, IndexError) as e:
+        raise DatasetError(f"{path} holds a {type(td).__name__} without the keys obs/action/reward/task") from e
+    E, T1 = out["reward"].shape[:2]
+    if out["obs"].dim() != 3 or out["obs"].shape[:2] != (E, T1) or out["action"].shape[:2] != (E, T1) \
+            or out["task"].shape[:2] != (E, T1):
+        raise DatasetError(f"{path}: fields disagree on [episodes, steps]: "
+                           + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()))
+    out["reward"] = out["reward"].reshape(E, T1)
+    out["task"] = out["task"].reshape(E, T1)
+    if not bool((out["task"] == out["task"][:, :1]).all()):
+        raise DatasetError(f"{path}: an episode changes task mid-way")
+    return out
+
+
+def convert_public(paths: list[str | os.PathLike], out_dir: str | os.PathLike, tasks: list[str] | None = None,
+                   trust: bool = False, overwrite: bool = False) -> Path:
+    """Convert public chunks (in the given order) into our format; ``tasks`` names the task ids (default MT30)."""
+    if not trust:
+        raise UntrustedFileError(_UNTRUSTED.format(path=", ".join(map(str, paths)) or "the chunks"))
+    from .config import MT30
+    tasks = list(tasks or MT30)
+    writer = None
+    try:
+        for p in paths:
+            c = read_public_chunk(p, trust=True)
+            if writer is None:
+                writer = DatasetWriter(out_dir, tasks, c["obs"].shape[-1], c["action"].shape[-1], overwrite)
+            writer.add(c["obs"].numpy(), c["action"].numpy(), c["reward"].numpy(), c["task"][:, 0].long().numpy())
+        if writer is None:
+            raise ValueError("no chunk files given")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return writer.close()
+
+
+def export_public(ds: Dataset, out_dir: str | os.PathLike, episodes_per_chunk: int = 1000) -> list[Path]:
+    """Write ``chunk_{i}.pt`` files in the public layout (a dict of tensors per chunk; equal episode lengths)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from .checkpoints import atomic_save
+    files = []
+    for i, lo in enumerate(range(0, ds.num_episodes, episodes_per_chunk)):
+        eps = range(lo, min(lo + episodes_per_chunk, ds.num_episodes))
+        lengths = {int(ds.episode_length[e]) for e in eps}
+        if len(lengths) != 1:
+            raise ValueError(f"episodes {eps.start}..{eps.stop - 1} have different lengths {sorted(lengths)}: "
+                             "the public layout needs equal-length episodes per chunk")
+        T1 = lengths.pop()
+        rows = (np.asarray(ds.episode_offset)[list(eps)][:, None] + np.arange(T1)[None]).reshape(-1)
+        E = len(eps)
+        chunk = {"obs": torch.from_numpy(np.asarray(ds.obs[rows]).reshape(E, T1, -1)),
+                 "action": torch.from_numpy(np.asarray(ds.action[rows]).reshape(E, T1, -1)),
+                 "reward": torch.from_numpy(np.asarray(ds.reward[rows]).reshape(E, T1)),
+                 "task": torch.from_numpy(np.repeat(np.asarray(ds.episode_task)[list(eps)][:, None], T1, 1))}
+        atomic_save(chunk, out / f"chunk_{i}.pt")
+        files.append(out / f"chunk_{i}.pt")
+    return files
+
+
+# ---------------------------------------------------------------------------------------- synthetic
+def make_synthetic(out_dir: str | os.PathLike, transitions: int = 20_000_000, tasks: list[str] | str = "mt30",
+                   episode_length: int = 500, seed: int = 0, episodes_per_block: int = 200,
+                   overwrite: bool = False) -> Path:
+    """Random episodes in our format, written block by block (memory use independent of ``transitions``).
+
+    Observations are N(0, 1) in each task's true dims and zero-padding after; actions uniform in
+    [-1, 1] on the task's action dims; rewards uniform in [0, 1]. For I/O and memory benchmarks only.
+    """
+    from .config import task_set
+    ts = task_set(tasks)
+    rng = np.random.default_rng(seed)
+    episodes = -(-transitions // episode_length)
+    T1 = episode_length + 1
+    with DatasetWriter(out_dir, list(ts.tasks), ts.obs_pad, ts.action_pad, overwrite) as w:
+        for lo in range(0, episodes, episodes_per_block):
+            E = min(episodes_per_block, episodes - lo)
+            task = rng.integers(0, len(ts.tasks), E)
+            obs_mask = np.arange(ts.obs_pad)[None] < np.array(ts.obs_dims)[task][:, None]
+            act_mask = np.arange(ts.action_pad)[None] < np.array(ts.action_dims)[task][:, None]
+            obs = rng.standard_normal((E, T1, ts.obs_pad), np.float32) * obs_mask[:, None]
+            action = rng.uniform(-1, 1, (E, T1, ts.action_pad)).astype(np.float32) * act_mask[:, None]
+            reward = rng.uniform(0, 1, (E, T1)).astype(np.float32)
+            action[:, 0], reward[:, 0] = np.nan, np.nan
+            w.add(obs, action, reward, task)
+    return Path(out_dir)

@@ -1,0 +1,415 @@
+"""Offline multi-task TD-MPC2 training with optional TD-MPC-Opt distillation from a frozen teacher.
+
+One update (``Learner.update``), following TD-MPC2 (``shared/spec/TDMPC2.md``, "Training update"):
+
+1. TD targets with the model in eval mode: ``r + γ·min of two random target-Q heads at (z', π(z'))``.
+2. World model, Q dropout active: latent rollout from ``encode(obs[0])``; loss
+   ``20·consistency + 0.1·reward + 0.1·value (+ d_coef·distill)``; Adam step after clipping to 20.
+3. Policy prior on the detached rollout latents against the Q ensemble with detached parameters,
+   scaled by a running Q scale; its own Adam (eps 1e-5), clipped to 20.
+4. Polyak update of the target Qs.
+
+``train`` wraps it in a resumable loop: a memory-mapped dataset, seeded window sampler, CSV of
+metrics, periodic evaluation and atomic checkpoints from which a killed run continues exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import losses
+from .checkpoints import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
+from .config import ModelConfig, model_config, task_set
+from .data import Dataset, WindowSampler
+from .world_model import WorldModel
+
+DISTILL_KINDS = ("reward", "latent-linear", "latent-pca")
+TRAIN_FORMAT = "tdmpc_opt_train/1"
+METRICS = ("consistency", "reward", "value", "distill", "latent_distill", "total", "grad_norm",
+           "pi", "pi_grad_norm", "pi_scale", "pi_entropy")
+CSV_COLUMNS = ("step", *METRICS, "updates_per_s", "wall_s", "eval_score")
+
+
+@dataclass(kw_only=True)
+class UpdateConfig:
+    """Hyper-parameters of one update (TD-MPC2 defaults) and of the distillation term."""
+
+    lr: float = 3e-4
+    enc_lr_scale: float = 0.3
+    grad_clip: float = 20.0
+    consistency_coef: float = 20.0
+    reward_coef: float = 0.1
+    value_coef: float = 0.1
+    rho: float = 0.5
+    horizon: int = 3
+    tau: float = 0.01
+    entropy_coef: float = 1e-4
+    batch_size: int = 256
+    d_coef: float = 0.0
+    distill: str = "reward"
+
+
+@dataclass(kw_only=True)
+class TrainConfig(UpdateConfig):
+    """An offline training run. ``d_coef`` 0 trains from scratch; > 0 needs ``teacher``."""
+
+    data: str
+    out: str
+    steps: int = 200_000
+    seed: int = 1
+    model_size: int | None = 1
+    model_overrides: dict = field(default_factory=dict)
+    tasks: list[str] | None = None
+    teacher: str | None = None
+    pca_samples: int = 4096
+    log_every: int = 100
+    checkpoint_every: int = 10_000
+    eval_every: int = 0
+    eval_episodes: int = 1
+    eval_episode_length: int | None = None
+    eval_mpc: bool = True
+    compile: bool = False
+    device: str = "cpu"
+
+
+# Settings that may change when a run is resumed (everything else must match the checkpoint).
+RESUMABLE = {"steps", "eval_every", "eval_episodes", "eval_episode_length", "eval_mpc", "compile", "device",
+             "checkpoint_every"}
+
+
+class LatentProjection(nn.Module):
+    """Teacher latent → student latent size: a learned Linear (``latent-linear``) or a fitted PCA (``latent-pca``)."""
+
+    def __init__(self, kind: str, teacher_dim: int, student_dim: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "latent-linear":
+            self.linear = nn.Linear(teacher_dim, student_dim)
+        else:
+            if student_dim > teacher_dim:
+                raise ValueError(f"latent-pca cannot map a {teacher_dim}-dim teacher latent to "
+                                 f"{student_dim} components")
+            self.register_buffer("mean", torch.zeros(teacher_dim))
+            self.register_buffer("components", torch.zeros(student_dim, teacher_dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "latent-linear":
+            return self.linear(z)
+        return losses.pca_project(z, self.mean, self.components)
+
+
+def check_teacher(teacher: ModelConfig, student: ModelConfig) -> None:
+    """Teacher and student may differ in size and task_dim, not in tasks, padding or reward bins."""
+    pairs = {"task list": (list(teacher.tasks.tasks), list(student.tasks.tasks)),
+             "obs padding": (teacher.obs_dim, student.obs_dim),
+             "action padding": (teacher.action_dim, student.action_dim),
+             "reward bins (num_bins, vmin, vmax)": ((teacher.num_bins, teacher.vmin, teacher.vmax),
+                                                    (student.num_bins, student.vmin, student.vmax))}
+    bad = [f"{k}: teacher {t}, student {s}" for k, (t, s) in pairs.items() if t != s]
+    if bad:
+        raise ValueError("teacher and student are incompatible; " + "; ".join(bad))
+
+
+class Learner:
+    """Owns the optimizers, the running Q scale and the (optional) teacher; ``update`` is one gradient step."""
+
+    def __init__(self, model: WorldModel, cfg: UpdateConfig, teacher: WorldModel | None = None,
+                 projection: LatentProjection | None = None, compile: bool = False):
+        if cfg.distill not in DISTILL_KINDS:
+            raise ValueError(f"distill must be one of {DISTILL_KINDS}, got {cfg.distill!r}")
+        if (teacher is None) != (cfg.d_coef == 0):
+            raise ValueError("distillation needs both a teacher and d_coef > 0 (d_coef 0 = from scratch, no teacher)")
+        if teacher is not None:
+            check_teacher(teacher.cfg, model.cfg)
+            teacher.eval().requires_grad_(False)
+        self.model, self.cfg, self.teacher, self.projection = model, cfg, teacher, projection
+        groups = [{"params": model._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
+                  {"params": model._dynamics.parameters()}, {"params": model._reward.parameters()},
+                  {"params": model._Qs.parameters()}, {"params": model._task_emb.parameters()}]
+        if projection is not None and projection.kind == "latent-linear":
+            groups.append({"params": projection.parameters()})
+        self.optim = torch.optim.Adam(groups, lr=cfg.lr)
+        self.pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5)
+        self.params = [p for g in self.optim.param_groups for p in g["params"]]
+        self.scale = torch.ones((), device=model.discount.device)
+        self._losses = torch.compile(self.model_losses) if compile else self.model_losses
+
+    @torch.no_grad()
+    def td_targets(self, next_z: torch.Tensor, reward: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        a_next, _ = m.pi(next_z, task)
+        return losses.td_target(reward, m.discount[task], m.Q(next_z, a_next, task, "min", target=True))
+
+    def model_losses(self, obs, action, reward, task, next_z, td) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """World-model loss on a batch → (total, rollout latents ``[H+1, B, L]``, metrics)."""
+        m, c, mc = self.model, self.cfg, self.model.cfg
+        zs = [m.encode(obs[0], task)]
+        for t in range(action.shape[0]):
+            zs.append(m.next(zs[-1], action[t], task))
+        zs = torch.stack(zs)
+        reward_logits = m.reward(zs[:-1], action, task)
+        q_logits = m.Q(zs[:-1], action, task, return_type="all")
+        out = {"consistency": losses.consistency_loss(zs[1:], next_z, c.rho),
+               "reward": losses.reward_loss(reward_logits, reward, c.rho, mc.num_bins, mc.vmin, mc.vmax),
+               "value": losses.value_loss(q_logits, td, c.rho, mc.num_bins, mc.vmin, mc.vmax)}
+        total = c.consistency_coef * out["consistency"] + c.reward_coef * out["reward"] + c.value_coef * out["value"]
+        if self.teacher is not None:
+            total = total + c.d_coef * self.distill_losses(obs[0], action[0], task, reward_logits[0], zs[1], out)
+        out["total"] = total
+        return total, zs, out
+
+    def distill_losses(self, obs0, a0, task, student_reward_logits, student_next_z, out: dict) -> torch.Tensor:
+        """TD-MPC-Opt reward distillation at (obs[0], a[0]) (+ next-latent distillation for the latent variants)."""
+        t, mc = self.teacher, self.model.cfg
+        with torch.no_grad():
+            zt = t.encode(obs0, task)
+            teacher_reward_logits = t.reward(zt, a0, task)
+        out["distill"] = losses.reward_distill_loss(student_reward_logits, teacher_reward_logits, mc.vmin, mc.vmax)
+        if self.projection is None:
+            return out["distill"]
+        with torch.no_grad():
+            zt_next = t.next(zt, a0, task)
+        out["latent_distill"] = losses.latent_distill_loss(student_next_z, self.projection(zt_next))
+        return out["distill"] + out["latent_distill"]
+
+    def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+               task: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One TD-MPC2 update on ``obs [H+1, B, obs]``, ``action [H, B, A]``, ``reward [H, B, 1]``, ``task [B]``."""
+        m, c = self.model, self.cfg
+        m.eval()                                     # targets without Q dropout, as TD-MPC2 computes them
+        with torch.no_grad():
+            next_z = m.encode(obs[1:], task)
+            td = self.td_targets(next_z, reward, task)
+        m.train()
+        # The policy loss of the previous step left gradients on the task embedding; TD-MPC-Opt's
+        # TD-MPC2 version clears them here (newer TD-MPC2 lets them leak into this step).
+        self.optim.zero_grad(set_to_none=True)
+        total, zs, out = self._losses(obs, action, reward, task, next_z, td)
+        total.backward()
+        out["grad_norm"] = nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        self.optim.step()
+
+        zs = zs.detach()
+        a, info = m.pi(zs, task)
+        q = m.Q(zs, a, task, return_type="avg", detach=True)
+        self.scale = losses.q_scale(self.scale, q[0], c.tau)
+        out["pi"] = losses.policy_loss(q, info["scaled_entropy"], self.scale, c.rho, c.entropy_coef)
+        out["pi"].backward()
+        out["pi_grad_norm"] = nn.utils.clip_grad_norm_(m._pi.parameters(), c.grad_clip)
+        self.pi_optim.step()
+        self.pi_optim.zero_grad(set_to_none=True)
+
+        m.sync_target(c.tau)
+        m.eval()
+        out["pi_scale"], out["pi_entropy"] = self.scale, info["entropy"].mean()
+        return {k: v.detach() for k, v in out.items()}
+
+    def state_dict(self) -> dict:
+        return {"optim": self.optim.state_dict(), "pi_optim": self.pi_optim.state_dict(), "scale": self.scale,
+                "projection": self.projection.state_dict() if self.projection is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.load_state_dict(state["optim"])
+        self.pi_optim.load_state_dict(state["pi_optim"])
+        self.scale = state["scale"].to(self.scale.device)
+        if self.projection is not None:
+            self.projection.load_state_dict(state["projection"])
+
+
+# --------------------------------------------------------------------------------- training loop
+class MetricsCSV:
+    """Append-only CSV (first column ``step``); on (re)start, rows after ``keep_until`` and torn lines are dropped."""
+
+    def __init__(self, path: Path, keep_until: int, columns: tuple[str, ...] = CSV_COLUMNS):
+        self.path, self.columns = path, columns
+        rows = []
+        if path.exists():
+            lines = path.read_text().split("\n")
+            if lines[0] != ",".join(columns):
+                raise ValueError(f"{path} has different columns than this trainer writes; move it away")
+            rows = [ln for ln in lines[1:-1]
+                    if ln.count(",") == len(columns) - 1 and int(ln.split(",")[0]) <= keep_until]
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join([",".join(columns), *rows]) + "\n")
+        os.replace(tmp, path)
+
+    def append(self, row: dict) -> None:
+        line = ",".join("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
+                        for k in self.columns)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def fit_pca_projection(projection: LatentProjection, teacher: WorldModel, ds: Dataset, n: int, seed: int) -> None:
+    """Fit ``projection`` (latent-pca) on ``n`` teacher next-latents of random dataset windows."""
+    sampler = WindowSampler(ds, horizon=1, batch_size=n, seed=seed + 12345)
+    b = sampler.sample()
+    with torch.no_grad():
+        dev = projection.mean.device
+        task = b["task"].to(dev)
+        zt = teacher.next(teacher.encode(b["obs"][0].to(dev), task), b["action"][0].to(dev), task)
+    projection.mean, projection.components = losses.fit_pca(zt, projection.components.shape[0])
+
+
+def _run_config(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
+    """Train (or resume, if ``cfg.out/train.pt`` exists) and return the model; writes to ``cfg.out``:
+    ``metrics.csv``, ``train.pt`` (resume state), ``model.pt`` (final weights, :func:`load_checkpoint`-able).
+    """
+    if cfg.checkpoint_every % cfg.log_every or (cfg.eval_every and cfg.eval_every % cfg.log_every):
+        raise ValueError("checkpoint_every and eval_every must be multiples of log_every")
+    device = torch.device(cfg.device)
+    ds = Dataset.open(cfg.data)
+    model_cfg = model_config(cfg.model_size, task_set(ds.tasks), **cfg.model_overrides)
+    teacher = None
+    if cfg.teacher:
+        try:
+            teacher = load_checkpoint(cfg.teacher, task_set=model_cfg.tasks, device=device)
+        except CheckpointError as e:
+            raise ValueError(f"teacher {cfg.teacher} does not fit the dataset's task list: {e}") from e
+    torch.manual_seed(cfg.seed)
+    model = WorldModel(model_cfg).to(device)
+    projection = None
+    if cfg.distill != "reward" and teacher is not None:
+        projection = LatentProjection(cfg.distill, teacher.cfg.latent_dim, model_cfg.latent_dim).to(device)
+    learner = Learner(model, cfg, teacher, projection, compile=cfg.compile)
+    sampler = WindowSampler(ds, cfg.horizon, cfg.batch_size, seed=cfg.seed, tasks=cfg.tasks)
+
+    out = Path(cfg.out)
+    ckpt_path = out / "train.pt"
+    step = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state.get("format") != TRAIN_FORMAT:
+            raise CheckpointError(f"{ckpt_path} is not a training checkpoint of this library")
+        diff = {k: (v, state["run"].get(k)) for k, v in _run_config(cfg).items() if state["run"].get(k) != v}
+        if diff:
+            raise ValueError(f"{out} holds a different run; differing settings (now, then): {diff}. "
+                             "Use another --out folder.")
+        model.load_state_dict(state["model"])
+        learner.load_state_dict(state["learner"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        if projection is not None and projection.kind == "latent-pca":
+            fit_pca_projection(projection, teacher, ds, cfg.pca_samples, cfg.seed)
+    log = MetricsCSV(out / "metrics.csv", keep_until=step)
+
+    def save_state() -> None:
+        atomic_save({"format": TRAIN_FORMAT, "step": step, "run": _run_config(cfg), "model": model.state_dict(),
+                     "learner": learner.state_dict(), "sampler": sampler.state_dict(),
+                     "torch_rng": torch.get_rng_state()}, ckpt_path)
+
+    sums: dict[str, torch.Tensor] = {}
+    t_last, n_last, start = time.perf_counter(), 0, time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    while step < cfg.steps:
+        batch = {k: v.to(device, non_blocking=True) for k, v in sampler.sample().items()}
+        metrics = learner.update(**batch)
+        step += 1
+        n_last += 1
+        for k, v in metrics.items():
+            sums[k] = sums[k] + v if k in sums else v
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            row = {"step": step, **{k: float(v) / n_last for k, v in sums.items()},
+                   "wall_s": time.perf_counter() - start, "updates_per_s": n_last / (time.perf_counter() - t_last)}
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                row["eval_score"] = evaluate_now(model, cfg)
+            log.append(row)
+            bar.set_postfix(total=f"{row['total']:.3f}", ups=f"{row['updates_per_s']:.1f}")
+            sums, n_last = {}, 0
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_state()
+        if n_last == 0:
+            t_last = time.perf_counter()
+    bar.close()
+    save_checkpoint(model, out / "model.pt", step=step)
+    return model
+
+
+def evaluate_now(model: WorldModel, cfg: TrainConfig) -> float:
+    """Normalized score with the evaluation protocol; the training RNG streams are left untouched."""
+    from .evaluation import evaluate, normalized_score
+    with torch.random.fork_rng(devices=[]):
+        df = evaluate(model, cfg.tasks, cfg.eval_episodes, cfg.seed, mpc=cfg.eval_mpc,
+                      episode_length=cfg.eval_episode_length, progress=False)
+    return normalized_score(df)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _parse_override(s: str) -> tuple[str, int | float]:
+    k, _, v = s.partition("=")
+    if not v:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    return k.replace("-", "_"), float(v) if "." in v or "e" in v else int(v)
+
+
+def _train_cmd(args: argparse.Namespace) -> None:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    kwargs["model_overrides"] = dict(args.override or [])
+    if args.tasks:
+        kwargs["tasks"] = [t.strip() for t in args.tasks.split(",")]
+    if args.model_size == 0:
+        kwargs["model_size"] = None
+    train(TrainConfig(**kwargs), progress=not args.no_progress)
+    print(f"done: {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
+
+
+def _convert_cmd(args: argparse.Namespace) -> None:
+    from .data import convert_public
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    print(convert_public(args.chunks, args.out, tasks=tasks, trust=args.trust))
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``convert-data`` subcommands."""
+    d = TrainConfig(data="", out="")
+    p = sub.add_parser("train", help="offline multi-task training / TD-MPC-Opt distillation on a dataset folder")
+    p.add_argument("--data", required=True, help="dataset folder in this library's format (see convert-data)")
+    p.add_argument("--out", required=True, help="run folder; an existing run there is resumed")
+    p.add_argument("--model-size", type=int, default=d.model_size, help="1/5/19/48/317, or 0 = custom via --override")
+    p.add_argument("--override", action="append", type=_parse_override, metavar="KEY=VALUE",
+                   help="model config field, e.g. latent_dim=64 (repeatable)")
+    p.add_argument("--teacher", default=None, help="frozen teacher checkpoint (needs --d-coef > 0)")
+    p.add_argument("--d-coef", type=float, default=d.d_coef, help="distillation weight; paper best 0.4, release 0.45")
+    p.add_argument("--distill", choices=DISTILL_KINDS, default=d.distill)
+    p.add_argument("--tasks", default=None, help="comma list: train only on these tasks of the dataset")
+    for name in ("steps", "batch_size", "seed", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
+                 "eval_episode_length", "horizon", "pca_samples"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    for name in ("lr", "enc_lr_scale", "grad_clip", "consistency_coef", "reward_coef", "value_coef", "rho", "tau",
+                 "entropy_coef"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    p.add_argument("--no-eval-mpc", dest="eval_mpc", action="store_false", help="evaluate with the policy prior")
+    p.add_argument("--compile", action="store_true", help="torch.compile the world-model loss")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train_cmd)
+    c = sub.add_parser("convert-data", help="convert public TD-MPC2 chunk_*.pt files (pickles!) to the safe format")
+    c.add_argument("chunks", nargs="+", help="chunk_*.pt files, in order (needs `pip install tensordict`)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--tasks", default=None, help="comma list naming the task ids (default: the MT30 list)")
+    c.add_argument("--trust", action="store_true",
+                   help="confirm the chunks come from a trusted source (they are pickles)")
+    c.set_defaults(func=_convert_cmd)
