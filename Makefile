@@ -5,8 +5,6 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-SHARED  ?= ../shared
-RELEASE := $(SHARED)/checkpoints/mt30_1M_steps_045dist_fp16.pt
 export MUJOCO_GL ?= egl
 
 .PHONY: setup report test bench clean
@@ -21,8 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 report: $(STAMP)
-	$(BIN)/python -m tdmpc_opt_lib evaluate --checkpoint $(RELEASE) --tasks mt30 --episodes 2 --no-mpc \
-		--out reports/released_fp16_policy_seed0.csv | tee reports/released_fp16_policy_seed0.txt
+	$(BIN)/python -m tdmpc_opt_lib report --profile default
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --nbval-lax

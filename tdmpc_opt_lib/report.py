@@ -1,0 +1,85 @@
+"""Regenerate the report: execute the notebooks in order with papermill, export each to HTML, and
+write ``reports/index.html`` linking them with the headline results they saved.
+
+    python -m tdmpc_opt_lib report [--profile default] [--only 01_teacher,...] [--out reports]
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .params import PROFILES, REPO, profile_name
+
+NOTEBOOKS = REPO / "notebooks"
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    """The report's notebooks in order (``NN_name.ipynb``), optionally restricted by name."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        missing = sorted(set(only) - {p.stem for p in found})
+        if missing:
+            raise ValueError(f"unknown notebook(s) {missing}; known: {[p.stem for p in found]}")
+        found = [p for p in found if p.stem in only]
+    return found
+
+
+def to_html(executed: Path) -> Path:
+    """Export an executed notebook to a standalone HTML page next to it (plotly figures included)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    out = executed.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def index_page(pages: list[tuple[str, float]], results: Path, profile: str) -> str:
+    """HTML index: links to the executed notebooks and every ``*_summary.csv`` they wrote."""
+    rows = "\n".join(f'<li><a href="{html.escape(name)}.html">{html.escape(name)}</a> ({sec:.0f} s)</li>'
+                     for name, sec in pages)
+    tables = "\n".join(f"<h3>{html.escape(csv.stem)}</h3>\n{pd.read_csv(csv, index_col=0).round(2).to_html()}"
+                       for csv in sorted(results.glob("*_summary.csv")))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>TD-MPC-Opt report</title>"
+            f"<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}"
+            f"td,th{{border:1px solid #ccc;padding:2px 8px}}</style></head><body>"
+            f"<h1>TD-MPC-Opt: distilling multi-task TD-MPC2 — report</h1>"
+            f"<p>Profile <b>{profile}</b>, generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
+            f"<h2>Notebooks</h2><ol>{rows}</ol><h2>Headline results</h2>{tables or '<p>none yet</p>'}</body></html>")
+
+
+def build(profile: str | None = None, only: list[str] | None = None, out: str | os.PathLike = REPO / "reports") -> Path:
+    """Execute the notebooks (papermill, kernel in the notebooks folder) and write the HTML report."""
+    import papermill as pm
+
+    profile = profile_name(profile)
+    out = Path(out).resolve()
+    results = out / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    pages = []
+    for nb in notebooks(only):
+        start = time.perf_counter()
+        executed = out / nb.name
+        pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "out_dir": str(results)},
+                            cwd=str(NOTEBOOKS), progress_bar=False)
+        to_html(executed)
+        pages.append((nb.stem, time.perf_counter() - start))
+        print(f"{nb.stem}: {pages[-1][1]:.0f} s -> {executed.with_suffix('.html')}")
+    index = out / "index.html"
+    index.write_text(index_page(pages, results, profile), encoding="utf-8")
+    print(f"report: {index}")
+    return index
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="execute the notebooks with papermill and write the HTML report")
+    p.add_argument("--profile", choices=PROFILES, default=None, help="default: $TDMPC_OPT_PROFILE or 'default'")
+    p.add_argument("--only", default=None, help="comma list of notebook names (e.g. 01_teacher)")
+    p.add_argument("--out", default=str(REPO / "reports"))
+    p.set_defaults(func=lambda a: build(a.profile, a.only.split(",") if a.only else None, a.out))
