@@ -39,7 +39,7 @@ MT80_METAWORLD: tuple[str, ...] = tuple(f"mw-{n}" for n in (
 
 # The embedded default task set: small enough to learn on a 2-core CPU, three embodiments.
 MT_MINI: tuple[str, ...] = (
-    "cartpole-balance", "cartpole-swingup", "pendulum-swingup", "reacher-easy", "cup-catch", "finger-spin",
+    "cartpole-balance", "cartpole-swingup", "pendulum-spin", "reacher-easy", "cup-catch", "finger-spin",
 )
 
 # size -> (enc_dim, mlp_dim, latent_dim, num_enc_layers, num_q, task_dim for MT30)
