@@ -17,6 +17,8 @@ FALLBACK_REASON: str | None = None
 def import_dm_control() -> None:
     """Import ``dm_control.mujoco``, falling back to ``MUJOCO_GL=disable`` if its GL back-end fails."""
     global FALLBACK_REASON
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # headless Linux: GLFW needs a display, EGL does not
     try:
         import dm_control.mujoco  # noqa: F401
     except Exception as error:  # noqa: BLE001 - any back-end failure; a non-GL error re-raises below
