@@ -150,7 +150,7 @@ def test_synthetic_dataset(tmp_path):
     assert ds.num_episodes == 20 and ds.num_steps == 1020 and ds.obs_dim == 9
     first = ds.episode_offset
     assert np.isnan(ds.reward[first]).all() and not np.isnan(np.delete(ds.reward, first)).any()
-    pendulum = ds.tasks.index("pendulum-swingup")   # obs dim 3 of 9: the rest is padding
+    pendulum = ds.tasks.index("pendulum-spin")   # obs dim 3 of 9: the rest is padding
     rows = np.concatenate([np.arange(o, o + n) for o, n, t in zip(ds.episode_offset, ds.episode_length,
                                                                    ds.episode_task) if t == pendulum])
     assert np.all(ds.obs[rows, 3:] == 0)

@@ -18,5 +18,5 @@ def test_smoke_report(tmp_path):
     page = index.read_text()
     assert '<a href="01_teacher.html">' in page and "01_teacher_summary" in page
     html = (tmp_path / "01_teacher.html").read_text()
-    assert "normalized score" in html and "plotly" in html.lower()
+    assert "normalized score" in html and "Plotly.newPlot" in html  # the figure is embedded, not dropped
     assert (tmp_path / "results" / "01_teacher_episodes.csv").is_file()
