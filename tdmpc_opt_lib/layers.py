@@ -20,17 +20,52 @@ class SimNorm(nn.Module):
         return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
 
 
+def dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout(p) → LayerNorm over the last dim (affine ``weight``, ``bias``, broadcast) → Mish."""
+    if p and training:
+        y = F.dropout(y, p, training=True)
+    y = F.layer_norm(y, y.shape[-1:]) * weight + bias
+    if torch.compiler.is_compiling():     # one exp instead of softplus + tanh: fuses into a few vector ops
+        e = torch.exp(y.clamp(max=20.0))
+        n = e * (e + 2)
+        return y * n / (n + 2)
+    return F.mish(y)
+
+
+_FUSED = None
+
+
+def fused_dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float,
+                          training: bool) -> torch.Tensor:
+    """:func:`dropout_ln_mish` with LayerNorm+Mish compiled into fused forward/backward kernels (compiled on
+    first use, dynamic sizes). Dropout stays eager: inductor's CPU random numbers are slower than torch's."""
+    global _FUSED
+    if _FUSED is None:
+        # one code object serves every variant (rank, grad mode, Parameter or Tensor): allow their guards
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _FUSED = torch.compile(lambda y, weight, bias: dropout_ln_mish(y, weight, bias, 0.0, False), dynamic=True)
+    if p and training:
+        y = F.dropout(y, p, training=True)
+    return _FUSED(y, weight, bias)
+
+
 class NormedLinear(nn.Linear):
-    """Linear → (Dropout) → LayerNorm → activation (Mish unless given)."""
+    """Linear → (Dropout) → LayerNorm → activation (Mish unless given).
+
+    ``fused = True`` (set by :meth:`WorldModel.fuse_kernels`) runs the Mish layers' tail as one compiled kernel."""
 
     def __init__(self, in_features: int, out_features: int, act: nn.Module | None = None, dropout: float = 0.0):
         super().__init__(in_features, out_features)
         self.ln = nn.LayerNorm(out_features)
         self.act = act if act is not None else nn.Mish()
         self.dropout = nn.Dropout(dropout) if dropout else None
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
+        if self.fused and isinstance(self.act, nn.Mish):
+            p = self.dropout.p if self.dropout is not None else 0.0
+            return fused_dropout_ln_mish(x, self.ln.weight, self.ln.bias, p, self.training)
         if self.dropout is not None:
             x = self.dropout(x)
         return self.act(self.ln(x))
@@ -66,6 +101,7 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n, out_features))
         self.ln = _StackedLayerNorm(n, out_features) if normed else None
         self.dropout = nn.Dropout(dropout) if dropout else None
+        self.fused = False
         bound = 1 / pymath.sqrt(in_features)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
@@ -76,15 +112,14 @@ class EnsembleLinear(nn.Module):
         if heads is not None:
             w, b = w[heads], b[heads]
         y = torch.baddbmm(b.unsqueeze(1), x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w.transpose(1, 2))
-        if self.dropout is not None:
-            y = self.dropout(y)
         if self.ln is None:
-            return y
+            return self.dropout(y) if self.dropout is not None else y
         g, beta = self.ln.weight, self.ln.bias
         if heads is not None:
             g, beta = g[heads], beta[heads]
-        y = F.layer_norm(y, y.shape[-1:]) * g.unsqueeze(1) + beta.unsqueeze(1)
-        return F.mish(y)
+        p = self.dropout.p if self.dropout is not None else 0.0
+        return (fused_dropout_ln_mish if self.fused else dropout_ln_mish)(y, g.unsqueeze(1), beta.unsqueeze(1), p,
+                                                                         self.training)
 
 
 class QEnsemble(nn.Sequential):

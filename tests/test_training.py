@@ -179,3 +179,23 @@ def test_model_losses_match_a_per_step_reference(dataset):
     for k, v in ref.items():
         assert torch.allclose(out[k], v, rtol=1e-5), k
     assert torch.allclose(total, 20 * ref["consistency"] + 0.1 * ref["reward"] + 0.1 * ref["value"], rtol=1e-5)
+
+
+def test_fused_kernels_match_eager_losses_and_gradients():
+    """WorldModel.fuse_kernels (compiled LayerNorm+Mish) changes speed, not results (dropout off in eval)."""
+    import copy
+    torch.manual_seed(0)
+    eager = WorldModel(model_config(None, TASKS, **TEACHER)).eval()
+    fused = copy.deepcopy(eager).fuse_kernels()
+    obs = torch.randn(8, eager.cfg.obs_dim)
+    a, task = torch.rand(8, eager.cfg.action_dim) * 2 - 1, torch.tensor([0, 1] * 4)
+    outs = []
+    for m in (eager, fused):
+        z = m.encode(obs, task)
+        q = m.Q(z, a, task, "all")
+        loss = m.next(z, a, task).square().sum() + m.reward(z, a, task).square().mean() + q.square().mean()
+        loss.backward()
+        outs.append((loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    for g_f, g_e in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(g_f, g_e, rtol=1e-4, atol=1e-5)
