@@ -261,6 +261,20 @@ def merge(sources: list[str | os.PathLike], out_dir: str | os.PathLike, tasks: l
     return Path(out_dir)
 
 
+def episode_table(ds: Dataset) -> "pd.DataFrame":
+    """One row per episode: task, episode index, transitions, return (sum of rewards), mean reward."""
+    import pandas as pd
+
+    offsets, lengths = np.asarray(ds.episode_offset), np.asarray(ds.episode_length)
+    reward = np.nan_to_num(np.asarray(ds.reward[:ds.num_steps]), nan=0.0)   # the first step of an episode has none
+    csum = np.concatenate([[0.0], np.cumsum(reward, dtype=np.float64)])
+    returns = csum[offsets + lengths] - csum[offsets]
+    transitions = lengths - 1
+    return pd.DataFrame({"task": np.asarray(ds.tasks)[np.asarray(ds.episode_task)], "episode": np.arange(ds.num_episodes),
+                         "transitions": transitions, "return": returns,
+                         "mean_reward": returns / np.maximum(transitions, 1)})
+
+
 class EpisodeBuffer:
     """Growable in-memory replay buffer of whole episodes; :attr:`dataset` is a live view for sampling."""
 

@@ -93,3 +93,22 @@ def task_table(df: pd.DataFrame) -> pd.DataFrame:
 def normalized_score(df: pd.DataFrame) -> float:
     """Mean over tasks of the mean episode score (0–100)."""
     return float(df.groupby("task", sort=False)["score"].mean().mean())
+
+
+@torch.no_grad()
+def rollout_frames(model: WorldModel, task: str, frame_steps: list[int], seed: int = 0, mpc: bool = False,
+                   planner_cfg: PlannerConfig | None = None, width: int = 240, height: int = 180) -> pd.DataFrame:
+    """Act for ``max(frame_steps) + 1`` steps on one episode; one row per step in ``frame_steps`` with the
+    return so far and an RGB frame (``None`` when no GL backend can render; rendering never fails the run)."""
+    model.eval()
+    env = MultiTaskEnv(task, model.cfg.tasks, seed=episode_seed(seed, 0))
+    planner = Planner(model, planner_cfg, seed=seed) if mpc else None
+    task_id = torch.tensor([env.task_id])
+    obs, ret, rows = torch.from_numpy(env.reset())[None], 0.0, []
+    for t in range(max(frame_steps) + 1):
+        if t in frame_steps:
+            rows.append({"task": task, "step": t, "return": ret, "frame": env.render(width, height)})
+        act = planner.plan(obs, task_id, t0=t == 0) if planner else policy_actions(model, obs, task_id)
+        o, r, _, _ = env.step(act[0].numpy().astype(np.float64))
+        obs, ret = torch.from_numpy(o)[None], ret + r
+    return pd.DataFrame(rows)

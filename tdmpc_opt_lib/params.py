@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import MODEL_SIZES, MT30
+from .quantize import SCHEMES
+from .training import DISTILL_KINDS
 
 PROFILES = ("smoke", "default", "paper")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RELEASED_FP16 = SHARED / "checkpoints" / "mt30_1M_steps_045dist_fp16.pt"
-MT_MINI_TEACHER = REPO / "data" / "mt-mini" / "teacher.pt"
+MT_MINI_DIR = REPO / "data" / "mt-mini"
+MT_MINI_TEACHER = MT_MINI_DIR / "teacher.pt"
 
 
 def _positive_int(v: Any) -> bool:
@@ -27,6 +30,14 @@ def _positive_int(v: Any) -> bool:
 def _tasks(v: Any) -> bool:
     names = v.split(",") if isinstance(v, str) else v
     return v is None or v == "all" or (isinstance(names, (list, tuple)) and all(n.strip() in MT30 for n in names))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _list_of(v: Any, check: Callable[[Any], bool]) -> bool:
+    return isinstance(v, (list, tuple)) and all(check(x) for x in v)
 
 
 def _file_or_none(v: Any) -> bool:
@@ -49,7 +60,31 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_samples": (_positive_int, "an integer >= 1"),
     "iterations": (_positive_int, "an integer >= 1"),
     "out_dir": (lambda v: isinstance(v, (str, Path)), "a folder path"),
+    "dataset": (lambda v: v is not None and (Path(v) / "index.json").is_file(),
+                "a dataset folder of this library's format (for MT-mini: `python -m tdmpc_opt_lib mt-mini --stage data`;"
+                " for MT30: `python -m tdmpc_opt_lib convert-data`)"),
+    "source": (lambda v: v is None or Path(v).is_dir(), "None or the folder of a generated dataset (data/mt-mini)"),
+    "generate": (lambda v: isinstance(v, bool), "True or False"),
+    "distill": (lambda v: v in DISTILL_KINDS, f"one of {DISTILL_KINDS}"),
+    "threads": (lambda v: v is None or _positive_int(v), "None (torch's default) or an integer >= 1"),
+    "eval_episodes": (_positive_int, "an integer >= 1"),
+    "eval_mpc": (lambda v: isinstance(v, bool), "True or False"),
+    "d_coefs": (lambda v: _list_of(v, lambda x: _number(x) and x >= 0), "a list of numbers >= 0"),
+    "variants": (lambda v: _list_of(v, lambda x: x in DISTILL_KINDS), f"a list of {DISTILL_KINDS}"),
+    "batch_sizes": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
+    "step_counts": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
+    "teachers": (lambda v: _list_of(v, lambda x: Path(x).is_file()), "a list of existing checkpoint files"),
+    "jobs": (_positive_int, "an integer >= 1"),
+    "schemes": (lambda v: v == "all" or _list_of(v, lambda x: x in SCHEMES), f"'all' or a list of {SCHEMES}"),
+    "released_tasks": (_tasks, "None, 'all', or MT30 task names (list or comma string)"),
+    "latency_steps": (_positive_int, "an integer >= 1"),
+    "render": (lambda v: isinstance(v, bool), "True or False"),
+    "frame_steps": (lambda v: _list_of(v, lambda x: isinstance(x, int) and 0 <= x < 500) and len(v) >= 1,
+                    "a non-empty list of step indices in 0..499"),
 }
+# 04_ablations: None = take 03_distill's value for the same profile.
+for _name in ("steps", "batch_size"):
+    CHECKS[_name] = (lambda v, c=CHECKS[_name][0]: v is None or c(v), "None or an integer >= 1")
 
 
 def _default_teacher() -> str | None:
@@ -59,19 +94,79 @@ def _default_teacher() -> str | None:
     return None
 
 
+def _mt_mini_teacher() -> str | None:
+    return str(MT_MINI_TEACHER) if MT_MINI_TEACHER.is_file() else None
+
+
 def _released() -> str | None:
     return str(RELEASED_FP16) if RELEASED_FP16.is_file() else None
 
+
+def _mt_mini_dataset() -> str | None:
+    """The merged MT-mini dataset (built from data/mt-mini/tasks on first use), or None if not generated."""
+    from .mtmini import merged_dataset
+    try:
+        return str(merged_dataset(MT_MINI_DIR, REPO / "build" / "mt-mini" / "dataset"))
+    except FileNotFoundError:
+        return None
+
+
+SMOKE_OUT = str(REPO / "reports" / "_smoke")
+RESULTS = str(REPO / "reports" / "results")
+# The paper's scale needs files this repository cannot ship: the converted MT30 dataset
+# (`python -m tdmpc_opt_lib convert-data`) and the public 317M / 48M TD-MPC2 checkpoints.
+PAPER_DATA = REPO / "data" / "mt30"
+PAPER_TEACHER = REPO / "data" / "checkpoints" / "mt30-317M.pt"
+PAPER_TEACHER_48M = REPO / "data" / "checkpoints" / "mt30-48M.pt"
+_DISTILL = dict(teacher=_mt_mini_teacher, dataset=_mt_mini_dataset, model_size=1, seed=1, distill="reward",
+                threads=None)
 
 # notebook -> profile -> defaults. Callables are evaluated at resolve time (paths that may not exist).
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "01_teacher": {
         "smoke": dict(teacher=_default_teacher, released=_released, tasks="cartpole-balance,cup-catch", episodes=1,
-                      episode_length=20, mpc=False, num_samples=64, iterations=2, seed=0, out_dir=str(REPO / "reports" / "_smoke")),
+                      episode_length=20, mpc=False, num_samples=64, iterations=2, seed=0, out_dir=SMOKE_OUT),
         "default": dict(teacher=_default_teacher, released=_released, tasks=None, episodes=2, episode_length=None,
-                        mpc=False, num_samples=512, iterations=6, seed=0, out_dir=str(REPO / "reports" / "results")),
+                        mpc=False, num_samples=512, iterations=6, seed=0, out_dir=RESULTS),
         "paper": dict(teacher=_default_teacher, released=_released, tasks=None, episodes=10, episode_length=None,
-                      mpc=True, num_samples=512, iterations=6, seed=0, out_dir=str(REPO / "reports" / "results")),
+                      mpc=True, num_samples=512, iterations=6, seed=0, out_dir=RESULTS),
+    },
+    "02_data": {
+        "smoke": dict(dataset=_mt_mini_dataset, source=str(MT_MINI_DIR), generate=False, out_dir=SMOKE_OUT),
+        "default": dict(dataset=_mt_mini_dataset, source=str(MT_MINI_DIR), generate=False, out_dir=RESULTS),
+        "paper": dict(dataset=str(PAPER_DATA), source=None, generate=False, out_dir=RESULTS),
+    },
+    "03_distill": {
+        "smoke": dict(_DISTILL, d_coef=0.4, steps=20, batch_size=32, eval_episodes=1, eval_mpc=False,
+                      episode_length=20, out_dir=SMOKE_OUT),
+        "default": dict(_DISTILL, d_coef=0.4, steps=1500, batch_size=256, eval_episodes=2, eval_mpc=False,
+                        episode_length=None, out_dir=RESULTS),
+        "paper": dict(_DISTILL, teacher=str(PAPER_TEACHER), dataset=str(PAPER_DATA), d_coef=0.4, steps=1_000_000,
+                      batch_size=256, eval_episodes=10, eval_mpc=True, episode_length=None, out_dir=RESULTS),
+    },
+    "04_ablations": {
+        "smoke": dict(teacher=_mt_mini_teacher, dataset=_mt_mini_dataset, d_coef=0.4, steps=None, batch_size=None, d_coefs=[0.0, 0.4], variants=[], batch_sizes=[],
+                      step_counts=[], teachers=[], jobs=1, out_dir=SMOKE_OUT),
+        "default": dict(teacher=_mt_mini_teacher, dataset=_mt_mini_dataset, d_coef=0.4, steps=None, batch_size=None, d_coefs=[0.0, 0.4, 0.9],
+                        variants=["latent-linear", "latent-pca"], batch_sizes=[], step_counts=[], teachers=[], jobs=2,
+                        out_dir=RESULTS),
+        "paper": dict(teacher=str(PAPER_TEACHER), dataset=str(PAPER_DATA), d_coef=0.4, steps=200_000, batch_size=256, d_coefs=[0.0, 0.05, 0.25, 0.4, 0.55, 0.6, 0.9],
+                      variants=["latent-linear", "latent-pca"], batch_sizes=[128, 1024],
+                      step_counts=[337_000, 1_000_000], teachers=[str(PAPER_TEACHER_48M)], jobs=1, out_dir=RESULTS),
+    },
+    "05_quantization": {
+        "smoke": dict(checkpoint=None, released=_released, schemes=["fp16", "int8", "paper-int8"], episodes=1,
+                      episode_length=20, mpc=False, released_tasks="cartpole-balance,cup-catch", latency_steps=2,
+                      out_dir=SMOKE_OUT),
+        "default": dict(checkpoint=None, released=_released, schemes="all", episodes=2, episode_length=None,
+                        mpc=False, released_tasks=None, latency_steps=10, out_dir=RESULTS),
+        "paper": dict(checkpoint=None, released=_released, schemes="all", episodes=10, episode_length=None,
+                      mpc=True, released_tasks=None, latency_steps=20, out_dir=RESULTS),
+    },
+    "06_task_analysis": {
+        "smoke": dict(render=True, frame_steps=[0, 10], episode_length=20, out_dir=SMOKE_OUT),
+        "default": dict(render=True, frame_steps=[0, 50, 150, 499], episode_length=None, out_dir=RESULTS),
+        "paper": dict(render=True, frame_steps=[0, 50, 150, 499], episode_length=None, out_dir=RESULTS),
     },
 }
 
@@ -96,5 +191,8 @@ def resolve(notebook: str, profile: str | None = None, **given: Any) -> dict[str
         check, want = CHECKS[k]
         if not check(v):
             raise ValueError(f"{notebook}: parameter {k!r} must be {want}, got {v!r}")
+    if out.get("d_coef", 0) > 0 and "teacher" in out and out["teacher"] is None:
+        raise ValueError(f"{notebook}: d_coef {out['d_coef']} > 0 needs a teacher checkpoint (parameter 'teacher'; "
+                         "the MT-mini one is made by `python -m tdmpc_opt_lib mt-mini --stage teacher`)")
     out["profile"] = profile_name(profile)
     return out

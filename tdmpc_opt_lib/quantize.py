@@ -443,13 +443,15 @@ def forward_latency_ms(model: WorldModel, inputs: Inputs, steps: int = 10) -> fl
 
 def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] = SCHEMES,
                        out_dir: str | os.PathLike = "quantized", eval_kwargs: dict | None = None,
-                       inputs: Inputs | None = None, latency_steps: int = 10) -> pd.DataFrame:
+                       inputs: Inputs | None = None, latency_steps: int = 10,
+                       return_episodes: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame | None]:
     """Write, reload and measure each scheme; one row per scheme.
 
     Columns: sizes (:func:`write_variant`), max prediction errors of the reloaded model vs ``model`` on
     ``inputs`` (default :func:`calibration_inputs`), and, when ``eval_kwargs`` is given (keyword arguments
     of :func:`~tdmpc_opt_lib.evaluation.evaluate`), ``score`` (normalized score), ``plan_ms`` (Planner
-    latency per action, with ``eval_kwargs["planner_cfg"]``) and ``forward_ms`` (:func:`forward_latency_ms`).
+    latency per action, with ``eval_kwargs["planner_cfg"]``) and ``forward_ms`` (:func:`forward_latency_ms`);
+    with ``return_episodes`` it returns ``(table, per-episode results of all schemes with a scheme column)``.
     """
     from .evaluation import evaluate, normalized_score
 
@@ -459,17 +461,21 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
     inputs = inputs or calibration_inputs(model)
     ref = predictions(copy.deepcopy(model).eval(), *inputs)
     out_dir = Path(out_dir)
-    rows = []
+    rows, episodes = [], []
     for scheme in schemes:
         row = write_variant(model, scheme, out_dir / f"{scheme}.pt", inputs=inputs)
         loaded = load_variant(row["full_path"], scheme, model.cfg)
         row.update(prediction_errors(ref, predictions(loaded, *inputs)))
         if eval_kwargs is not None:
-            row["score"] = normalized_score(evaluate(loaded, **eval_kwargs))
+            episodes.append(evaluate(loaded, **eval_kwargs).assign(scheme=scheme))
+            row["score"] = normalized_score(episodes[-1])
             row["plan_ms"] = planning_latency_ms(loaded, eval_kwargs.get("planner_cfg"), latency_steps)
             row["forward_ms"] = forward_latency_ms(loaded, inputs, latency_steps)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if return_episodes:
+        return table, pd.concat(episodes, ignore_index=True) if episodes else None
+    return table
 
 
 # ------------------------------------------------------------------------------ command line

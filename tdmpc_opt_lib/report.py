@@ -40,12 +40,63 @@ def to_html(executed: Path) -> Path:
     return out
 
 
+def task_scores(results: str | os.PathLike) -> pd.DataFrame:
+    """Task × model table of mean scores from what the notebooks saved in ``results``: the teacher (01),
+    every finished distillation run (03/04) and every quantized variant of each model (05)."""
+    from .experiments import collect
+
+    results, cols = Path(results), {}
+    f01 = results / "01_teacher_episodes.csv"
+    if f01.is_file():
+        df = pd.read_csv(f01)
+        for name, g in df.groupby("model", sort=False):
+            cols[name] = g.groupby("task", sort=False).score.mean()
+    runs = collect(results)
+    for _, r in runs.iterrows():
+        label = ("scratch" if r.d_coef == 0 else f"{r.distill} d{r.d_coef:g}") + f" {r.steps} steps bs{r.batch_size}"
+        cols[label] = pd.Series({c[5:]: r[c] for c in runs.columns if c.startswith("task:")}, dtype=float)
+    f05 = results / "05_quantization_episodes.csv"
+    if f05.is_file():
+        df = pd.read_csv(f05)
+        for (model, scheme), g in df.groupby(["model", "scheme"], sort=False):
+            cols[f"{model} {scheme}"] = g.groupby("task", sort=False).score.mean()
+    return pd.DataFrame(cols)
+
+
+def headline(results: str | os.PathLike) -> pd.DataFrame:
+    """The report's headline: normalized score of teacher, distilled and from-scratch students (the longest runs
+    of each kind) and the student's quantized variants, over the tasks each was evaluated on."""
+    from .experiments import collect
+
+    results, rows = Path(results), []
+    f01 = results / "01_teacher_episodes.csv"
+    if f01.is_file():
+        df = pd.read_csv(f01)
+        for name, g in df.groupby("model", sort=False):
+            rows.append((name, "01", g.groupby("task").score.mean().mean(), g.task.nunique()))
+    runs = collect(results)
+    if not runs.empty:
+        for (d, kind), g in runs.groupby(["d_coef", "distill"]):
+            r = g.sort_values(["steps", "batch_size"]).iloc[-1]
+            label = "student from scratch" if d == 0 else f"student distilled ({kind}, d_coef {d:g})"
+            n = sum(c.startswith("task:") and pd.notna(r[c]) for c in runs.columns)
+            rows.append((f"{label}, {r.steps} steps, batch {r.batch_size}", "03/04", r.score, n))
+    f05 = results / "05_quantization_episodes.csv"
+    if f05.is_file():
+        df = pd.read_csv(f05)
+        for (model, scheme), g in df.groupby(["model", "scheme"], sort=False):
+            rows.append((f"{model}, quantized {scheme}", "05", g.groupby("task").score.mean().mean(), g.task.nunique()))
+    return pd.DataFrame(rows, columns=["model", "notebook", "normalized score", "tasks"]).set_index("model")
+
+
 def index_page(pages: list[tuple[str, float]], results: Path, profile: str) -> str:
     """HTML index: links to the executed notebooks and every ``*_summary.csv`` they wrote."""
     rows = "\n".join(f'<li><a href="{html.escape(name)}.html">{html.escape(name)}</a> ({sec:.0f} s)</li>'
                      for name, sec in pages)
-    tables = "\n".join(f"<h3>{html.escape(csv.stem)}</h3>\n{pd.read_csv(csv, index_col=0).round(2).to_html()}"
-                       for csv in sorted(results.glob("*_summary.csv")))
+    head = headline(results) if results.is_dir() else pd.DataFrame()
+    tables = "" if head.empty else f"<h3>headline</h3>\n{head.round(2).to_html()}\n"
+    tables += "\n".join(f"<h3>{html.escape(csv.stem)}</h3>\n{pd.read_csv(csv, index_col=0).round(2).to_html()}"
+                        for csv in sorted(results.glob("*_summary.csv")))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>TD-MPC-Opt report</title>"
             f"<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}"
             f"td,th{{border:1px solid #ccc;padding:2px 8px}}</style></head><body>"

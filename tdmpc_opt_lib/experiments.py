@@ -1,0 +1,184 @@
+"""Distillation runs as cached experiments: what ``03_distill`` runs and ``04_ablations`` sweeps.
+
+A run is identified by the parameters that determine its result (:data:`RUN_KEYS`; the teacher and
+dataset by content, not path): ``run_dir(P)`` = ``<out_dir>/runs/<readable name>-<hash>``. It holds
+the training folder of :func:`tdmpc_opt_lib.training.train` (``metrics.csv``, ``model.pt``, resumable
+``train.pt``), ``episodes.csv`` (per-episode evaluation) and ``result.json``, written last, so a run
+with a ``result.json`` is complete and a re-run returns it without training again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import training
+from .evaluation import evaluate, normalized_score, task_table
+from .planner import PlannerConfig
+
+RUN_KEYS = ("d_coef", "distill", "steps", "batch_size", "model_size", "seed", "teacher", "dataset",
+            "eval_episodes", "eval_mpc", "episode_length")
+EVAL_SEED = 0  # every model is evaluated on the same environment seeds
+
+
+def _digest(path: str | os.PathLike | None) -> str | None:
+    """Content hash of a checkpoint file or a dataset folder's index (so a moved file is the same run)."""
+    if path is None:
+        return None
+    path = Path(path)
+    target = path / "index.json" if path.is_dir() else path
+    h = hashlib.sha1()
+    with open(target, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def run_key(P: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that define a run, with teacher/dataset replaced by content hashes."""
+    key = {k: P[k] for k in RUN_KEYS}
+    key["teacher"] = _digest(P["teacher"]) if P["d_coef"] > 0 else None
+    key["dataset"] = _digest(P["dataset"])
+    return key
+
+
+def run_name(P: dict[str, Any]) -> str:
+    """Readable, unique folder name, e.g. ``reward-d0.4-size1-bs256-2000steps-seed1-3f2a9c1e``."""
+    key = run_key(P)
+    h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    kind = P["distill"] if P["d_coef"] > 0 else "scratch"
+    return f"{kind}-d{P['d_coef']:g}-size{P['model_size']}-bs{P['batch_size']}-{P['steps']}steps-seed{P['seed']}-{h}"
+
+
+def run_dir(P: dict[str, Any]) -> Path:
+    return Path(P["out_dir"]) / "runs" / run_name(P)
+
+
+def load_result(path: str | os.PathLike) -> dict | None:
+    """A finished run's result (``result.json`` in a run folder), or None."""
+    file = Path(path) / "result.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def train_config(P: dict[str, Any]) -> training.TrainConfig:
+    """The offline training run for resolved ``03_distill`` parameters."""
+    log_every = max(1, min(100, P["steps"] // 20))
+    return training.TrainConfig(
+        data=str(P["dataset"]), out=str(run_dir(P)), steps=P["steps"], batch_size=P["batch_size"], seed=P["seed"],
+        model_size=P["model_size"], d_coef=P["d_coef"], distill=P["distill"],
+        teacher=str(P["teacher"]) if P["d_coef"] > 0 else None, log_every=log_every,
+        checkpoint_every=log_every * max(1, 1000 // log_every))
+
+
+def evaluate_run(model, P: dict[str, Any]) -> pd.DataFrame:
+    """Per-episode scores with the run's evaluation protocol (policy prior or MPPI, seed :data:`EVAL_SEED`)."""
+    return evaluate(model, None, P["eval_episodes"], EVAL_SEED, mpc=P["eval_mpc"], planner_cfg=PlannerConfig(),
+                    episode_length=P["episode_length"], progress=False)
+
+
+def finish_run(model, P: dict[str, Any], episodes: pd.DataFrame) -> dict:
+    """Write ``episodes.csv`` and the one-row ``result.json`` (last: it marks the run complete)."""
+    d = run_dir(P)
+    episodes.to_csv(d / "episodes.csv", index=False)
+    metrics = pd.read_csv(d / "metrics.csv")
+    result = {"run": d.name, **run_key(P), "teacher_path": str(P["teacher"]) if P["d_coef"] > 0 else None,
+              "score": round(normalized_score(episodes), 3),
+              "tasks": {t: round(v, 3) for t, v in task_table(episodes)["score"].items()},
+              "params": model.param_counts()["total (without target Qs)"], "train_s": round(float(metrics.wall_s.iloc[-1]), 1),
+              "updates_per_s": round(float(metrics.updates_per_s.median()), 2),
+              "eval_s": round(episodes.attrs.get("wall_s", float("nan")), 1),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".result.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, d / "result.json")
+    return result
+
+
+def evaluate_or_load(model, P: dict[str, Any]) -> tuple[dict, pd.DataFrame]:
+    """The run's (result, per-episode scores): read back if the run is finished, else evaluated and recorded."""
+    d = run_dir(P)
+    result = load_result(d)
+    if result is not None:
+        return result, pd.read_csv(d / "episodes.csv")
+    episodes = evaluate_run(model, P)
+    return finish_run(model, P, episodes), episodes
+
+
+def pick_student(out_dir: str | os.PathLike, d_coef: float = 0.4, distill: str = "reward") -> Path | None:
+    """``model.pt`` of the longest finished run with this ``d_coef`` and variant (ties: the newest), or None."""
+    runs = collect(out_dir)
+    if runs.empty:
+        return None
+    runs = runs[(runs.d_coef == d_coef) & (runs.distill == distill)]
+    if runs.empty:
+        return None
+    best = runs.sort_values(["steps", "finished"]).iloc[-1]
+    return Path(out_dir) / "runs" / best["run"] / "model.pt"
+
+
+def collect(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per finished run under ``out_dir/runs`` (per-task scores as ``task:<name>`` columns)."""
+    rows = []
+    for file in sorted(Path(out_dir).glob("runs/*/result.json")):
+        r = json.loads(file.read_text())
+        rows.append({**{k: v for k, v in r.items() if k != "tasks"}, **{f"task:{t}": s for t, s in r["tasks"].items()}})
+    return pd.DataFrame(rows)
+
+
+def grid(base: dict[str, Any], **axes: list) -> list[dict[str, Any]]:
+    """Points of a one-axis-at-a-time sweep around ``base``: for each axis, each value with the rest fixed
+    (as the paper's tables vary one thing at a time); duplicates removed, order kept."""
+    points, seen = [], set()
+    for name, values in axes.items():
+        for v in values:
+            p = {**base, name: v}
+            key = json.dumps(p, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                points.append(p)
+    return points
+
+
+def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile: str, jobs: int = 1,
+             resolve_params=None) -> pd.DataFrame:
+    """Execute ``notebook`` (03_distill) with papermill for every point whose run is not finished yet,
+    ``jobs`` at a time (each in its own kernel with one torch thread); returns the points' results.
+
+    ``resolve_params(point)`` must return the notebook's resolved parameters (to find the run folder).
+    """
+    import papermill as pm
+
+    todo = []
+    for p in points:
+        P = resolve_params(p)
+        if load_result(run_dir(P)) is None:
+            todo.append((p, P))
+
+    def execute(item: tuple[dict, dict]) -> None:
+        p, P = item
+        d = run_dir(P)
+        d.mkdir(parents=True, exist_ok=True)
+        params = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}, "profile": profile,
+                  "threads": 1 if jobs > 1 else None}
+        pm.execute_notebook(str(notebook), str(d / "03_distill.ipynb"), parameters=params,
+                            cwd=str(Path(notebook).parent), progress_bar=False)
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(execute, todo))
+    ran, rows = {run_dir(P).name for _, P in todo}, []
+    for p in points:
+        P = resolve_params(p)
+        r = load_result(run_dir(P))
+        rows.append({**{k: P[k] for k in ("d_coef", "distill", "steps", "batch_size", "model_size", "seed")},
+                     "teacher": Path(P["teacher"]).name if P["d_coef"] > 0 else "-", "run": run_dir(P).name,
+                     "cached": run_dir(P).name not in ran, "score": r["score"],
+                     **{f"task:{t}": s for t, s in r["tasks"].items()}, "train_s": r["train_s"]})
+    return pd.DataFrame(rows)
