@@ -18,6 +18,7 @@ tensors in the same layout (what :func:`export_public` writes) reads without it.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import struct
@@ -109,6 +110,8 @@ def _load_npy(file: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
         raise DatasetError(f"{file} is truncated or not a .npy file ({size} bytes; {e})") from e
     if arr.dtype != dtype or arr.shape != shape:
         raise DatasetError(f"{file} holds {arr.dtype}{list(arr.shape)}, index.json says {np.dtype(dtype)}{list(shape)}")
+    if getattr(arr, "_mmap", None) is not None and hasattr(mmap, "MADV_RANDOM"):
+        arr._mmap.madvise(mmap.MADV_RANDOM)   # windows are sampled at random: no read-ahead around each row
     return arr
 
 

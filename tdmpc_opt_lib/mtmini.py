@@ -7,7 +7,10 @@ with a ``scores.json`` is complete and skipped, so a killed build loses at most 
 progress since its last checkpoint. ``build(stage="teacher")`` merges the task datasets into
 ``work/dataset``, trains the teacher offline (resumable in ``work/teacher``), evaluates it and
 writes ``out/teacher.pt`` (fp16 tensors, read by :func:`~tdmpc_opt_lib.checkpoints.load_checkpoint`)
-with ``teacher_scores.csv``/``.json``. ``out/README.md`` is regenerated after every step.
+with ``teacher_scores.csv``/``.json``. ``build(stage="students")`` trains the paper's comparison at this
+scale, a size-1 student distilled from the teacher (d_coef 0.4) and one from scratch with the same batch,
+steps and seed, published the same way (``student-distilled.pt``, ``student-scratch.pt`` + scores).
+``out/README.md`` is regenerated after every step.
 
 Settings were chosen by timing on the project's 2-core CPU with ``OMP_NUM_THREADS=1`` while two
 other single-thread jobs kept both cores busy (so an idle core is roughly 1.5x faster). Milliseconds
@@ -58,7 +61,7 @@ from .config import MT_MINI
 from .evaluation import evaluate, normalized_score, task_table
 from .planner import PlannerConfig
 
-STAGES = ("all", "data", "teacher")
+STAGES = ("all", "data", "teacher", "students")
 # Online agent per task: a small custom model, a cheap planner and half an update per environment step.
 ONLINE = dict(model_size=None, model_overrides=dict(enc_dim=128, mlp_dim=256, latent_dim=64), batch_size=64,
               update_ratio=0.5, planner=dict(num_samples=64, iterations=3, num_elites=8, num_pi_trajs=4),
@@ -66,7 +69,9 @@ ONLINE = dict(model_size=None, model_overrides=dict(enc_dim=128, mlp_dim=256, la
 STEPS = {"cartpole-balance": 15_000, "pendulum-spin": 20_000, "reacher-easy": 30_000, "cup-catch": 25_000,
          "finger-spin": 25_000}
 TEACHER = dict(model_size=5, steps=10_000, batch_size=128, log_every=100, checkpoint_every=1000)
-TEACHER_PLANNER = dict(num_samples=256, iterations=4, num_elites=32, num_pi_trajs=16)
+STUDENTS = ("student-distilled", "student-scratch")
+STUDENT = dict(model_size=1, steps=8_000, batch_size=256, seed=1, log_every=100, checkpoint_every=1000)
+EVAL_PLANNER = dict(num_samples=256, iterations=4, num_elites=32, num_pi_trajs=16)
 
 
 @dataclass
@@ -77,16 +82,17 @@ class Settings:
     steps: dict[str, int] = field(default_factory=lambda: dict(STEPS))
     online: dict = field(default_factory=lambda: dict(ONLINE))          # OnlineConfig fields
     teacher: dict = field(default_factory=lambda: dict(TEACHER))        # TrainConfig fields
+    student: dict = field(default_factory=lambda: dict(STUDENT))        # TrainConfig fields (both students)
     eval_episodes: int = 10               # per task: data-generating agents, with their own planner
-    teacher_prior_episodes: int = 10      # per task: teacher acting with its policy prior
-    teacher_mppi_episodes: int = 2        # per task: teacher planning with ``teacher_planner``
-    teacher_planner: dict = field(default_factory=lambda: dict(TEACHER_PLANNER))   # PlannerConfig fields
+    prior_episodes: int = 10              # per task: teacher/students acting with the policy prior
+    mppi_episodes: int = 2                # per task: teacher/students planning with ``eval_planner``
+    eval_planner: dict = field(default_factory=lambda: dict(EVAL_PLANNER))   # PlannerConfig fields
     eval_episode_length: int | None = None                              # None = the protocol's 500 (tests shorten)
 
 
 def build(out: str | os.PathLike = "data/mt-mini", work: str | os.PathLike = "build/mt-mini", stage: str = "all",
           settings: Settings | None = None, jobs: int = 1, progress: bool = True) -> dict:
-    """Run (or resume) ``stage`` ("data", "teacher" or "all"); returns the summary written to ``out/build.json``."""
+    """Run (or resume) ``stage`` ("data", "teacher", "students" or "all"); returns the summary written to ``out/build.json``."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     s = settings or Settings()
@@ -98,6 +104,8 @@ def build(out: str | os.PathLike = "data/mt-mini", work: str | os.PathLike = "bu
         build_data(out, work, s, jobs, progress)
     if stage in ("all", "teacher"):
         build_teacher(out, work, s, progress)
+    if stage in ("all", "students"):
+        build_students(out, work, s, jobs, progress)
     call = {"stage": stage, "jobs": jobs, "started": started, "wall_s": round(time.perf_counter() - t0, 1)}
     return write_summary(out, s, call)
 
@@ -173,34 +181,56 @@ def merged_dataset(out: str | os.PathLike = "data/mt-mini", dest: str | os.PathL
 # --------------------------------------------------------------------------------------- teacher
 def build_teacher(out: Path, work: Path, s: Settings, progress: bool = True) -> dict:
     """Merge the task datasets, train/resume the teacher, evaluate it and write the fp16 ``teacher.pt``."""
-    if (out / "teacher.pt").is_file() and (out / "teacher_scores.json").is_file():
-        return json.loads((out / "teacher_scores.json").read_text())
+    return train_and_publish("teacher", dict(s.teacher), out, work, s, progress)
+
+
+def build_students(out: Path, work: Path, s: Settings, jobs: int = 1, progress: bool = True) -> dict:
+    """The size-1 students of the paper's comparison: distilled from ``teacher.pt`` (d_coef 0.4) and from
+    scratch, same batch size, steps and seed; trained side by side when ``jobs`` > 1 (one thread each)."""
+    if not (out / "teacher.pt").is_file():
+        raise ValueError(f"the distilled student needs {out / 'teacher.pt'} (run --stage teacher)")
+    runs = {name: {**s.student, **extra} for name, extra in
+            (("student-distilled", dict(d_coef=0.4, teacher=str((out / "teacher.pt").resolve()))),
+             ("student-scratch", dict(d_coef=0.0)))}
+    if jobs <= 1:
+        return {name: train_and_publish(name, cfg, out, work, s, progress) for name, cfg in runs.items()}
+    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = {name: pool.submit(train_and_publish, name, cfg, out, work, s, False) for name, cfg in runs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def train_and_publish(name: str, train_cfg: dict, out: Path, work: Path, s: Settings, progress: bool = True) -> dict:
+    """Train/resume ``name`` offline on the merged dataset, write ``out/<name>.pt`` (fp16) and evaluate it with
+    the MT-mini protocol (policy prior and MPPI episodes per task) into ``out/<name>_scores.csv``/``.json``."""
+    if (out / f"{name}.pt").is_file() and (out / f"{name}_scores.json").is_file():
+        return json.loads((out / f"{name}_scores.json").read_text())
     missing = [t for t in s.tasks if not task_complete(out, t)]
     if missing:
-        raise ValueError(f"the teacher needs every task's dataset; incomplete: {missing} (run --stage data)")
+        raise ValueError(f"{name} needs every task's dataset; incomplete: {missing} (run --stage data)")
     merged = merged_dataset(out, work / "dataset", s.tasks)
-    cfg = training.TrainConfig(data=str(merged), out=str(work / "teacher"), **s.teacher)
+    cfg = training.TrainConfig(data=str(merged), out=str(work / name), **train_cfg)
     model = training.train(cfg, progress=progress)
-    train_s = _seconds(pd.read_csv(work / "teacher" / "metrics.csv"), "updates_per_s")
+    train_s = _seconds(pd.read_csv(work / name / "metrics.csv"), "updates_per_s")
 
-    export_fp16(model, out / "teacher.pt", step=cfg.steps)
-    teacher = load_checkpoint(out / "teacher.pt")
+    export_fp16(model, out / f"{name}.pt", step=cfg.steps)
+    loaded = load_checkpoint(out / f"{name}.pt")
     t0 = time.perf_counter()
-    planner, kw = PlannerConfig(**s.teacher_planner), dict(seed=0, episode_length=s.eval_episode_length, progress=False)
-    prior = evaluate(teacher, list(s.tasks), s.teacher_prior_episodes, mpc=False, **kw)
-    mppi = evaluate(teacher, list(s.tasks), s.teacher_mppi_episodes, planner_cfg=planner, **kw)
+    planner, kw = PlannerConfig(**s.eval_planner), dict(seed=0, episode_length=s.eval_episode_length, progress=False)
+    prior = evaluate(loaded, list(s.tasks), s.prior_episodes, mpc=False, **kw)
+    mppi = evaluate(loaded, list(s.tasks), s.mppi_episodes, planner_cfg=planner, **kw)
     df = pd.concat([prior.assign(mode="policy prior"), mppi.assign(mode="mppi")], ignore_index=True)
-    df.to_csv(out / "teacher_scores.csv", index=False)
+    df.to_csv(out / f"{name}_scores.csv", index=False)
     result = {"score_policy_prior": round(normalized_score(prior), 2), "score_mppi": round(normalized_score(mppi), 2),
               "tasks": {m: task_table(g).score.to_dict() for m, g in df.groupby("mode", sort=False)},
-              "eval_episodes": {"policy prior": s.teacher_prior_episodes, "mppi": s.teacher_mppi_episodes},
+              "eval_episodes": {"policy prior": s.prior_episodes, "mppi": s.mppi_episodes},
               "eval_seed": 0,
               "eval_planner": dataclasses.asdict(planner),
               "eval_episode_length": s.eval_episode_length or 500, "train_wall_s": round(train_s, 1),
-              "eval_wall_s": round(time.perf_counter() - t0, 1), "max_abs_fp16_error": fp16_error(model, teacher),
+              "eval_wall_s": round(time.perf_counter() - t0, 1), "max_abs_fp16_error": fp16_error(model, loaded),
               "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out")},
               "params": model.param_counts(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    _write_json(out / "teacher_scores.json", result)
+    _write_json(out / f"{name}_scores.json", result)
     return result
 
 
@@ -246,21 +276,25 @@ def write_summary(out: Path, s: Settings, call: dict | None = None) -> dict:
     tasks = {t: json.loads((out / "tasks" / t / "scores.json").read_text()) for t in s.tasks if task_complete(out, t)}
     tf = out / "teacher_scores.json"
     teacher = json.loads(tf.read_text()) if tf.is_file() else None
+    students = {n: json.loads((out / f"{n}_scores.json").read_text()) for n in STUDENTS
+                if (out / f"{n}_scores.json").is_file()}
     summary = {"tasks": {t: {k: v for k, v in r.items() if k != "settings"} for t, r in tasks.items()},
                "teacher": teacher and {k: v for k, v in teacher.items() if k not in ("settings", "params")},
+               "students": {n: {k: v for k, v in r.items() if k not in ("settings", "params")}
+                            for n, r in students.items()},
                "data_wall_s": round(sum(r["train_wall_s"] + r["eval_wall_s"] for r in tasks.values()), 1),
                "teacher_wall_s": teacher and round(teacher["train_wall_s"] + teacher["eval_wall_s"], 1),
-               "bytes": {"tasks": _size(out / "tasks"), "teacher.pt": _size(out / "teacher.pt")},
-               "settings": {"online": s.online, "steps": s.steps, "teacher": s.teacher},
+               "bytes": {"tasks": _size(out / "tasks"), **{f"{n}.pt": _size(out / f"{n}.pt") for n in ("teacher", *STUDENTS)}},
+               "settings": {"online": s.online, "steps": s.steps, "teacher": s.teacher, "student": s.student},
                "calls": old.get("calls", []) + ([call] if call else [])}
     summary["bytes"]["total"] = sum(p.stat().st_size for p in out.rglob("*")
                                     if p.is_file() and p.name not in ("build.json", "README.md"))
     _write_json(out / "build.json", summary)
-    (out / "README.md").write_text(_readme(summary, teacher))
+    (out / "README.md").write_text(_readme(summary, teacher, students))
     return summary
 
 
-def _readme(summary: dict, teacher: dict | None) -> str:
+def _readme(summary: dict, teacher: dict | None, students: dict[str, dict]) -> str:
     mb = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
     lines = ["# MT-mini dataset and teacher", "",
              "Generated by `python -m tdmpc_opt_lib mt-mini` (tdmpc_opt_lib/mtmini.py, which documents the settings);",
@@ -287,6 +321,20 @@ def _readme(summary: dict, teacher: dict | None) -> str:
         prior, mppi = teacher["tasks"]["policy prior"], teacher["tasks"]["mppi"]
         lines += [f"| {t} | {prior[t]:.1f} | {mppi[t]:.1f} |" for t in prior]
         lines.append(f"| **normalized** | **{teacher['score_policy_prior']:.1f}** | **{teacher['score_mppi']:.1f}** |")
+    if students:
+        models = {"teacher": teacher, **students} if teacher else students
+        st = next(iter(students.values()))["settings"]
+        lines += ["", "## Students (size 1, offline): distilled (d_coef 0.4) vs from scratch", "",
+                  f"Same data, batch {st['batch_size']}, {st['steps']} updates and seed {st['seed']}; same evaluation "
+                  "as the teacher (task scores; policy prior / MPPI).", "",
+                  "| task | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        for t in next(iter(students.values()))["tasks"]["policy prior"]:
+            lines.append(f"| {t} | " + " | ".join(f"{r['tasks']['policy prior'][t]:.1f} / {r['tasks']['mppi'][t]:.1f}"
+                                                   for r in models.values()) + " |")
+        lines.append("| **normalized** | " + " | ".join(f"**{r['score_policy_prior']:.1f} / {r['score_mppi']:.1f}**"
+                                                       for r in models.values()) + " |")
+        lines += ["", "Training time: " + ", ".join(f"{n} {r['train_wall_s'] / 3600:.2f} h" for n, r in students.items())
+                  + " (one thread each when trained side by side)."]
     b = summary["bytes"]
     lines += ["", f"Sizes: task datasets {mb(b['tasks'])}, teacher.pt {mb(b['teacher.pt'])}, "
                   f"everything here but this README and build.json {mb(b['total'])}.", "",

@@ -98,6 +98,11 @@ def _mt_mini_teacher() -> str | None:
     return str(MT_MINI_TEACHER) if MT_MINI_TEACHER.is_file() else None
 
 
+def _mt_mini_student() -> str | None:
+    path = MT_MINI_DIR / "student-distilled.pt"
+    return str(path) if path.is_file() else None
+
+
 def _released() -> str | None:
     return str(RELEASED_FP16) if RELEASED_FP16.is_file() else None
 
@@ -139,7 +144,7 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "03_distill": {
         "smoke": dict(_DISTILL, d_coef=0.4, steps=20, batch_size=32, eval_episodes=1, eval_mpc=False,
                       episode_length=20, out_dir=SMOKE_OUT),
-        "default": dict(_DISTILL, d_coef=0.4, steps=1500, batch_size=256, eval_episodes=2, eval_mpc=False,
+        "default": dict(_DISTILL, d_coef=0.4, steps=1000, batch_size=256, eval_episodes=2, eval_mpc=False,
                         episode_length=None, out_dir=RESULTS),
         "paper": dict(_DISTILL, teacher=str(PAPER_TEACHER), dataset=str(PAPER_DATA), d_coef=0.4, steps=1_000_000,
                       batch_size=256, eval_episodes=10, eval_mpc=True, episode_length=None, out_dir=RESULTS),
@@ -155,10 +160,10 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                       step_counts=[337_000, 1_000_000], teachers=[str(PAPER_TEACHER_48M)], jobs=1, out_dir=RESULTS),
     },
     "05_quantization": {
-        "smoke": dict(checkpoint=None, released=_released, schemes=["fp16", "int8", "paper-int8"], episodes=1,
+        "smoke": dict(checkpoint=_mt_mini_student, released=_released, schemes=["fp16", "int8", "paper-int8"], episodes=1,
                       episode_length=20, mpc=False, released_tasks="cartpole-balance,cup-catch", latency_steps=2,
                       out_dir=SMOKE_OUT),
-        "default": dict(checkpoint=None, released=_released, schemes="all", episodes=2, episode_length=None,
+        "default": dict(checkpoint=_mt_mini_student, released=_released, schemes="all", episodes=2, episode_length=None,
                         mpc=False, released_tasks=None, latency_steps=10, out_dir=RESULTS),
         "paper": dict(checkpoint=None, released=_released, schemes="all", episodes=10, episode_length=None,
                       mpc=True, released_tasks=None, latency_steps=20, out_dir=RESULTS),

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from .params import PROFILES, REPO, profile_name
+from .params import MT_MINI_DIR, PROFILES, REPO, profile_name
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -40,9 +41,10 @@ def to_html(executed: Path) -> Path:
     return out
 
 
-def task_scores(results: str | os.PathLike) -> pd.DataFrame:
+def task_scores(results: str | os.PathLike, reference: str | os.PathLike | None = MT_MINI_DIR) -> pd.DataFrame:
     """Task × model table of mean scores from what the notebooks saved in ``results``: the teacher (01),
-    every finished distillation run (03/04) and every quantized variant of each model (05)."""
+    every finished distillation run (03/04), every quantized variant of each model (05), and the committed
+    MT-mini teacher/students of ``reference``."""
     from .experiments import collect
 
     results, cols = Path(results), {}
@@ -60,12 +62,19 @@ def task_scores(results: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(f05)
         for (model, scheme), g in df.groupby(["model", "scheme"], sort=False):
             cols[f"{model} {scheme}"] = g.groupby("task", sort=False).score.mean()
+    for name in ("teacher", "student-distilled", "student-scratch"):
+        f = Path(reference) / f"{name}_scores.csv" if reference else None
+        if f is not None and f.is_file():
+            df = pd.read_csv(f)
+            for mode, g in df.groupby("mode", sort=False):
+                cols[f"MT-mini {name} ({mode}, committed)"] = g.groupby("task", sort=False).score.mean()
     return pd.DataFrame(cols)
 
 
-def headline(results: str | os.PathLike) -> pd.DataFrame:
+def headline(results: str | os.PathLike, reference: str | os.PathLike | None = MT_MINI_DIR) -> pd.DataFrame:
     """The report's headline: normalized score of teacher, distilled and from-scratch students (the longest runs
-    of each kind) and the student's quantized variants, over the tasks each was evaluated on."""
+    of each kind) and the quantized variants, over the tasks each was evaluated on; plus the committed MT-mini
+    teacher and students of ``reference`` (``data/mt-mini``: longer runs, evaluated with MPPI too)."""
     from .experiments import collect
 
     results, rows = Path(results), []
@@ -86,6 +95,13 @@ def headline(results: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(f05)
         for (model, scheme), g in df.groupby(["model", "scheme"], sort=False):
             rows.append((f"{model}, quantized {scheme}", "05", g.groupby("task").score.mean().mean(), g.task.nunique()))
+    for name in ("teacher", "student-distilled", "student-scratch"):
+        f = Path(reference) / f"{name}_scores.json" if reference else None
+        if f is not None and f.is_file():
+            r = json.loads(f.read_text())
+            label = f"MT-mini {name} ({r['settings']['steps']} updates, committed)"
+            rows += [(f"{label}, policy prior", "data/mt-mini", r["score_policy_prior"], len(r["tasks"]["mppi"])),
+                     (f"{label}, MPPI", "data/mt-mini", r["score_mppi"], len(r["tasks"]["mppi"]))]
     return pd.DataFrame(rows, columns=["model", "notebook", "normalized score", "tasks"]).set_index("model")
 
 
@@ -128,9 +144,72 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
     return index
 
 
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def _checked(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK)
+
+
+def strip(path: str | os.PathLike, executed: str | os.PathLike | None = None) -> bool:
+    """Remove outputs and execution counts from a notebook, except in cells marked ``# NBVAL_CHECK_OUTPUT``
+    (deterministic at the smoke profile; ``pytest --nbval-lax`` compares them). With ``executed`` (the same
+    notebook run at the smoke profile), those cells take its outputs. Returns whether the file changed."""
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    before = nbformat.writes(nb)
+    ran = nbformat.read(executed, as_version=4) if executed else None
+    if ran is not None and [c.source for c in ran.cells] != [c.source for c in nb.cells]:
+        raise ValueError(f"{executed} is not an execution of {path}: their cells differ")
+    for i, cell in enumerate(nb.cells):
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        if _checked(cell) and ran is not None:
+            cell.outputs = [o for o in ran.cells[i].outputs if o.output_type != "stream" or o.name == "stdout"]
+        elif not _checked(cell):
+            cell.outputs = []
+        cell.execution_count = None
+    after = nbformat.writes(nb)
+    if after != before:
+        path.write_text(after + "\n", encoding="utf-8")
+    return after != before
+
+
 def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="execute the notebooks with papermill and write the HTML report")
     p.add_argument("--profile", choices=PROFILES, default=None, help="default: $TDMPC_OPT_PROFILE or 'default'")
     p.add_argument("--only", default=None, help="comma list of notebook names (e.g. 01_teacher)")
     p.add_argument("--out", default=str(REPO / "reports"))
     p.set_defaults(func=lambda a: build(a.profile, a.only.split(",") if a.only else None, a.out))
+    s = sub.add_parser("strip-notebooks", help="strip notebook outputs (keeping the NBVAL_CHECK_OUTPUT cells')")
+    s.add_argument("--record", action="store_true",
+                   help="first execute each notebook at the smoke profile and keep its checked cells' outputs")
+    s.set_defaults(func=_strip_cmd)
+
+
+def _strip_cmd(args: argparse.Namespace) -> None:
+    import tempfile
+
+    import papermill as pm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for nb in notebooks():
+            executed = None
+            if args.record:
+                executed = Path(tmp) / nb.name
+                pm.execute_notebook(str(nb), str(executed), parameters={"profile": "smoke"}, cwd=str(NOTEBOOKS),
+                                    progress_bar=False)
+                _drop_injected(executed)
+            print(f"{nb.name}: {'stripped' if strip(nb, executed) else 'unchanged'}")
+
+
+def _drop_injected(path: Path) -> None:
+    """Remove the cell papermill injects after the parameters cell (so cells line up with the source)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nbformat.write(nb, path)

@@ -19,7 +19,9 @@ MICRO = mtmini.Settings(
                 checkpoint_every=100, planner=PLANNER),
     teacher=dict(model_size=None, model_overrides={**TINY, "task_dim": 8}, steps=4, batch_size=16, log_every=2,
                  checkpoint_every=2),
-    eval_episodes=2, teacher_prior_episodes=1, teacher_mppi_episodes=1, teacher_planner=PLANNER,
+    student=dict(model_size=None, model_overrides={**TINY, "task_dim": 4}, steps=4, batch_size=16, seed=1, log_every=2,
+                 checkpoint_every=2),
+    eval_episodes=2, prior_episodes=1, mppi_episodes=1, eval_planner=PLANNER,
     eval_episode_length=20)
 
 
@@ -54,6 +56,19 @@ def test_build_publishes_datasets_scores_and_summary(built):
     files = [p for p in out.rglob("*") if p.is_file() and p.name not in ("build.json", "README.md")]
     assert summary["bytes"]["total"] == sum(p.stat().st_size for p in files) > summary["bytes"]["teacher.pt"]
     assert summary["teacher"]["score_mppi"] >= 0 and "reacher-easy" in (out / "README.md").read_text()
+    assert set(summary["students"]) == {"student-distilled", "student-scratch"}
+    assert "distilled (d_coef 0.4) vs from scratch" in (out / "README.md").read_text()
+
+
+def test_students_share_everything_but_the_distillation(built):
+    out, work, summary = built
+    cfgs = {n: json.loads((work / n / "config.json").read_text()) for n in mtmini.STUDENTS}
+    a, b = cfgs["student-distilled"], cfgs["student-scratch"]
+    assert (a["d_coef"], b["d_coef"], b["teacher"]) == (0.4, 0.0, None) and a["teacher"].endswith("teacher.pt")
+    assert {k: v for k, v in a.items() if k not in ("d_coef", "teacher", "out")} == \
+        {k: v for k, v in b.items() if k not in ("d_coef", "teacher", "out")}
+    for n in mtmini.STUDENTS:
+        assert load_checkpoint(out / f"{n}.pt").cfg.model_size is None and summary["students"][n]["score_mppi"] >= 0
 
 
 def test_teacher_file_is_fp16_and_loads(built):

@@ -1,0 +1,58 @@
+"""Cached distillation runs: names keyed by content, one-axis grids, results collected from run folders."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tdmpc_opt_lib import data, experiments
+from tdmpc_opt_lib.checkpoints import save_checkpoint
+from tdmpc_opt_lib.config import model_config
+from tdmpc_opt_lib.world_model import WorldModel
+
+TASKS = ["cartpole-balance", "cup-catch"]
+
+
+@pytest.fixture
+def params(tmp_path):
+    ds = data.make_synthetic(tmp_path / "ds", transitions=400, tasks=TASKS, episode_length=20)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(WorldModel(model_config(None, TASKS, enc_dim=16, mlp_dim=16, latent_dim=16, task_dim=4)), teacher)
+    return dict(d_coef=0.4, distill="reward", steps=6, batch_size=8, model_size=1, seed=1, teacher=str(teacher),
+                dataset=str(ds), eval_episodes=1, eval_mpc=False, episode_length=5, out_dir=str(tmp_path / "out"))
+
+
+def test_run_names_follow_content_not_paths(params, tmp_path):
+    name = experiments.run_name(params)
+    assert name.startswith("reward-d0.4-size1-bs8-6steps-seed1-")
+    moved = shutil.copy(params["teacher"], tmp_path / "elsewhere.pt")
+    assert experiments.run_name({**params, "teacher": moved}) == name          # same file content
+    assert experiments.run_name({**params, "d_coef": 0.9}) != name
+    scratch = {**params, "d_coef": 0.0}
+    assert experiments.run_name(scratch).startswith("scratch-d0-")
+    assert experiments.run_name({**scratch, "teacher": None}) == experiments.run_name(scratch)  # teacher unused
+
+
+def test_grid_varies_one_axis_at_a_time_without_duplicates():
+    base = {"d_coef": 0.4, "steps": 100, "batch_size": 256}
+    points = experiments.grid(base, d_coef=[0.0, 0.4, 0.9], batch_size=[256, 1024])
+    assert points == [{**base, "d_coef": 0.0}, base, {**base, "d_coef": 0.9}, {**base, "batch_size": 1024}]
+
+
+def test_run_is_trained_once_then_read_back(params):
+    torch.set_num_threads(1)
+    cfg = experiments.train_config(params)
+    assert (cfg.steps, cfg.batch_size, cfg.d_coef, cfg.checkpoint_every % cfg.log_every) == (6, 8, 0.4, 0)
+    from tdmpc_opt_lib import training
+    model = training.train(cfg, progress=False)
+    result, episodes = experiments.evaluate_or_load(model, params)
+    assert set(result["tasks"]) == set(TASKS) and 0 <= result["score"] <= 100 and len(episodes) == 2
+    again, episodes2 = experiments.evaluate_or_load(None, params)            # cached: no model needed
+    assert again == result and episodes2.score.tolist() == episodes.score.tolist()
+    runs = experiments.collect(params["out_dir"])
+    assert list(runs.run) == [experiments.run_name(params)] and "task:cup-catch" in runs
+    assert experiments.pick_student(params["out_dir"]) == experiments.run_dir(params) / "model.pt"
+    assert experiments.pick_student(params["out_dir"], d_coef=0.0) is None
+    assert json.loads((experiments.run_dir(params) / "result.json").read_text())["teacher"] is not None
