@@ -167,7 +167,7 @@ def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile:
         d = run_dir(P)
         d.mkdir(parents=True, exist_ok=True)
         params = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}, "profile": profile,
-                  "threads": 1 if jobs > 1 else None}
+                  "threads": 1 if jobs > 1 else None, "summary": False}
         pm.execute_notebook(str(notebook), str(d / "03_distill.ipynb"), parameters=params,
                             cwd=str(Path(notebook).parent), progress_bar=False)
 

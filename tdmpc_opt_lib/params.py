@@ -67,6 +67,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "generate": (lambda v: isinstance(v, bool), "True or False"),
     "distill": (lambda v: v in DISTILL_KINDS, f"one of {DISTILL_KINDS}"),
     "threads": (lambda v: v is None or _positive_int(v), "None (torch's default) or an integer >= 1"),
+    "summary": (lambda v: isinstance(v, bool), "True or False"),
     "eval_episodes": (_positive_int, "an integer >= 1"),
     "eval_mpc": (lambda v: isinstance(v, bool), "True or False"),
     "d_coefs": (lambda v: _list_of(v, lambda x: _number(x) and x >= 0), "a list of numbers >= 0"),
@@ -124,7 +125,7 @@ PAPER_DATA = REPO / "data" / "mt30"
 PAPER_TEACHER = REPO / "data" / "checkpoints" / "mt30-317M.pt"
 PAPER_TEACHER_48M = REPO / "data" / "checkpoints" / "mt30-48M.pt"
 _DISTILL = dict(teacher=_mt_mini_teacher, dataset=_mt_mini_dataset, model_size=1, seed=1, distill="reward",
-                threads=None)
+                threads=None, summary=True)
 
 # notebook -> profile -> defaults. Callables are evaluated at resolve time (paths that may not exist).
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {

@@ -35,3 +35,35 @@ def test_unknown_parameter_profile_and_notebook():
         resolve("01_teacher", profile="fast")
     with pytest.raises(ValueError, match="no parameters defined"):
         resolve("99_nothing")
+
+
+@pytest.mark.parametrize("notebook, name, value, message", [
+    ("03_distill", "distill", "latent", "'distill' must be one of"),
+    ("03_distill", "dataset", "/nonexistent", "'dataset' must be a dataset folder"),
+    ("03_distill", "threads", 0, "'threads' must be None"),
+    ("04_ablations", "d_coefs", [0.4, -1], "'d_coefs' must be a list of numbers >= 0"),
+    ("04_ablations", "variants", ["latent-svd"], "'variants' must be a list of"),
+    ("04_ablations", "teachers", ["/nonexistent.pt"], "'teachers' must be a list of existing checkpoint files"),
+    ("05_quantization", "schemes", ["int4"], "'schemes' must be 'all' or a list of"),
+    ("06_task_analysis", "frame_steps", [600], "'frame_steps' must be a non-empty list"),
+])
+def test_invalid_notebook_parameters_are_named(notebook, name, value, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(notebook, profile="smoke", **{name: value})
+
+
+def test_distillation_without_a_teacher_is_refused(tmp_path, monkeypatch):
+    import tdmpc_opt_lib.params as params
+    from tdmpc_opt_lib import data
+    ds = data.make_synthetic(tmp_path / "ds", transitions=100, tasks=["cartpole-balance"], episode_length=20)
+    monkeypatch.setattr(params, "MT_MINI_TEACHER", tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="d_coef 0.4 > 0 needs a teacher"):
+        resolve("03_distill", profile="smoke", dataset=str(ds))
+    assert resolve("03_distill", profile="smoke", dataset=str(ds), d_coef=0.0)["teacher"] is None
+
+
+def test_paper_profile_names_the_files_it_needs():
+    with pytest.raises(ValueError, match="'teacher' must be .* got '.*data/checkpoints/mt30-317M.pt'"):
+        resolve("03_distill", profile="paper")
+    with pytest.raises(ValueError, match="'dataset' must be a dataset folder .* convert-data"):
+        resolve("03_distill", profile="paper", teacher=__file__)
