@@ -19,4 +19,33 @@ def test_smoke_report(tmp_path):
     assert '<a href="01_teacher.html">' in page and "01_teacher_summary" in page
     html = (tmp_path / "01_teacher.html").read_text()
     assert "normalized score" in html and "Plotly.newPlot" in html  # the figure is embedded, not dropped
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1e6 and len(html) < 2e6   # the library once, beside
     assert (tmp_path / "results" / "01_teacher_episodes.csv").is_file()
+
+
+def test_committed_notebooks_are_stripped_but_keep_their_checked_outputs(tmp_path):
+    """Outputs are not committed, except those of cells marked for nbval (deterministic at smoke scale)."""
+    import shutil
+
+    import nbformat
+
+    from tdmpc_opt_lib.report import _checked, strip
+    checked = 0
+    for nb in notebooks():
+        copy = shutil.copy(nb, tmp_path / nb.name)
+        assert not strip(copy), f"{nb.name} has outputs: run `python -m tdmpc_opt_lib strip-notebooks`"
+        cells = [c for c in nbformat.read(nb, as_version=4).cells if _checked(c)]
+        assert all(c.outputs for c in cells), f"{nb.name}: a checked cell has no recorded output (use --record)"
+        checked += len(cells)
+    assert checked >= 3
+
+
+def test_every_notebook_has_a_validated_parameters_cell():
+    import nbformat
+
+    from tdmpc_opt_lib.params import DEFAULTS
+    for nb in notebooks():
+        cells = nbformat.read(nb, as_version=4).cells
+        params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1 and nb.stem in DEFAULTS
+        assert any(f'resolve("{nb.stem}"' in c.source for c in cells)
