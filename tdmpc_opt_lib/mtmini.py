@@ -70,7 +70,7 @@ STEPS = {"cartpole-balance": 15_000, "pendulum-spin": 20_000, "reacher-easy": 30
          "finger-spin": 25_000}
 TEACHER = dict(model_size=5, steps=10_000, batch_size=128, log_every=100, checkpoint_every=1000)
 STUDENTS = ("student-distilled", "student-scratch")
-STUDENT = dict(model_size=1, steps=8_000, batch_size=256, seed=1, log_every=100, checkpoint_every=1000)
+STUDENT = dict(model_size=1, steps=6_000, batch_size=256, seed=1, log_every=100, checkpoint_every=1000)
 EVAL_PLANNER = dict(num_samples=256, iterations=4, num_elites=32, num_pi_trajs=16)
 
 
