@@ -152,38 +152,50 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
     return index
 
 
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+CHECK_MARK = "# CHECK_OUTPUT"
+CHECKED_OUTPUTS = REPO / "tests" / "notebook_outputs.json"
 
 
 def _checked(cell) -> bool:
     return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK)
 
 
-def strip(path: str | os.PathLike, executed: str | os.PathLike | None = None) -> bool:
-    """Remove outputs and execution counts from a notebook, except in cells marked ``# NBVAL_CHECK_OUTPUT``
-    (deterministic at the smoke profile; ``pytest --nbval-lax`` compares them). With ``executed`` (the same
-    notebook run at the smoke profile), those cells take its outputs. Returns whether the file changed."""
+def strip(path: str | os.PathLike) -> bool:
+    """Remove every output and execution count from a notebook; returns whether the file changed."""
     import nbformat
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     before = nbformat.writes(nb)
-    ran = nbformat.read(executed, as_version=4) if executed else None
-    if ran is not None and [c.source for c in ran.cells] != [c.source for c in nb.cells]:
-        raise ValueError(f"{executed} is not an execution of {path}: their cells differ")
-    for i, cell in enumerate(nb.cells):
+    for cell in nb.cells:
         cell.metadata.pop("execution", None)
-        if cell.cell_type != "code":
-            continue
-        if _checked(cell) and ran is not None:     # nbval compares only cells that were run (have a count)
-            cell.outputs = [o for o in ran.cells[i].outputs if o.output_type != "stream" or o.name == "stdout"]
-            cell.execution_count = ran.cells[i].execution_count
-        elif not _checked(cell):
+        if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     after = nbformat.writes(nb)
     if after != before:
         path.write_text(after + "\n", encoding="utf-8")
     return after != before
+
+
+def checked_outputs(executed: str | os.PathLike) -> list[str]:
+    """The text outputs (stdout + plain-text results) of the cells marked ``# CHECK_OUTPUT`` of an executed
+    notebook: deterministic at the smoke profile, compared by ``tests/test_notebook_outputs.py``."""
+    import nbformat
+
+    out = []
+    for cell in nbformat.read(executed, as_version=4).cells:
+        if _checked(cell):
+            out.append("".join(o.get("text", "") if o.output_type == "stream" and o.get("name") == "stdout"
+                               else o.get("data", {}).get("text/plain", "") for o in cell.outputs))
+    return out
+
+
+def execute_smoke(nb: Path, dest: Path) -> Path:
+    """Execute a notebook at the smoke profile (papermill) into ``dest``."""
+    import papermill as pm
+
+    pm.execute_notebook(str(nb), str(dest), parameters={"profile": "smoke"}, cwd=str(NOTEBOOKS), progress_bar=False)
+    return dest
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -192,32 +204,23 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", default=None, help="comma list of notebook names (e.g. 01_teacher)")
     p.add_argument("--out", default=str(REPO / "reports"))
     p.set_defaults(func=lambda a: build(a.profile, a.only.split(",") if a.only else None, a.out))
-    s = sub.add_parser("strip-notebooks", help="strip notebook outputs (keeping the NBVAL_CHECK_OUTPUT cells')")
-    s.add_argument("--record", action="store_true",
-                   help="first execute each notebook at the smoke profile and keep its checked cells' outputs")
+    s = sub.add_parser("strip-notebooks", help="strip notebook outputs before committing")
+    s.add_argument("--record", action="store_true", help="also execute them at the smoke profile and record the "
+                   f"outputs of their '{CHECK_MARK}' cells in {CHECKED_OUTPUTS.relative_to(REPO)}")
     s.set_defaults(func=_strip_cmd)
 
 
 def _strip_cmd(args: argparse.Namespace) -> None:
     import tempfile
 
-    import papermill as pm
-
+    recorded = {}
     with tempfile.TemporaryDirectory() as tmp:
         for nb in notebooks():
-            executed = None
+            print(f"{nb.name}: {'stripped' if strip(nb) else 'unchanged'}")
             if args.record:
-                executed = Path(tmp) / nb.name
-                pm.execute_notebook(str(nb), str(executed), parameters={"profile": "smoke"}, cwd=str(NOTEBOOKS),
-                                    progress_bar=False)
-                _drop_injected(executed)
-            print(f"{nb.name}: {'stripped' if strip(nb, executed) else 'unchanged'}")
-
-
-def _drop_injected(path: Path) -> None:
-    """Remove the cell papermill injects after the parameters cell (so cells line up with the source)."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-    nbformat.write(nb, path)
+                outputs = checked_outputs(execute_smoke(nb, Path(tmp) / nb.name))
+                if outputs:
+                    recorded[nb.stem] = outputs
+    if args.record:
+        CHECKED_OUTPUTS.write_text(json.dumps(recorded, indent=1) + "\n", encoding="utf-8")
+        print(f"recorded {sum(map(len, recorded.values()))} checked outputs in {CHECKED_OUTPUTS}")
