@@ -9,11 +9,11 @@ from .checkpoints import CheckpointError
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .checkpoints import load_checkpoint
     from .evaluation import evaluate, normalized_score, task_table
     from .planner import PlannerConfig
+    from .quantize import load_model
 
-    model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size)
+    model = load_model(args.checkpoint, task_set=args.task_set, model_size=args.model_size)
     df = evaluate(model, args.tasks, args.episodes, args.seed, mpc=not args.no_mpc,
                   planner_cfg=PlannerConfig(num_samples=args.samples, iterations=args.iterations),
                   batch_envs=args.batch_envs, compile=not args.no_compile)
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tdmpc_opt_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on MT30 tasks (TD-MPC2 protocol)")
-    ev.add_argument("--checkpoint", required=True, help="public TD-MPC2 / TD-MPC-Opt checkpoint or one of ours")
+    ev.add_argument("--checkpoint", required=True, help="public TD-MPC2 / TD-MPC-Opt checkpoint, one of ours, "
+                    "a quantized file of ours or a safetensors export folder")
     ev.add_argument("--tasks", default=None, help="'mt30' (all tasks of the model) or a comma list of task names")
     ev.add_argument("--task-set", default=None, help="task set of a public checkpoint (default mt30)")
     ev.add_argument("--model-size", type=int, default=None, help="expected model size (checked)")

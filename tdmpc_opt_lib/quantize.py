@@ -47,8 +47,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import math
-from .checkpoints import FORMAT, CheckpointError, atomic_save, check_state_dict, read_file, to_public
+from .checkpoints import (FORMAT, CheckpointError, atomic_save, check_state_dict, load_checkpoint, read_file,
+                          to_public)
 from .config import ModelConfig
+from .config import task_set as resolve_task_set
 from .layers import EnsembleLinear
 from .world_model import WorldModel
 
@@ -266,6 +268,11 @@ def _build(cfg: ModelConfig, stored: dict[str, torch.Tensor], scheme: str, path:
     return model.to(device).eval()
 
 
+def is_quantized_file(obj: dict) -> bool:
+    """Whether a loaded file object was written by :func:`save_quantized` (a scheme of this library)."""
+    return str(obj.get("format", "")).startswith("tdmpc_opt/") and bool(obj.get("quantized"))
+
+
 def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu") -> WorldModel:
     """Load a file written by :func:`save_quantized` / :func:`write_variant` (schemes of this library).
 
@@ -275,10 +282,29 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu") 
     """
     path = Path(path)
     obj = read_file(path)
-    if not (str(obj.get("format", "")).startswith("tdmpc_opt/") and obj.get("quantized")):
+    if not is_quantized_file(obj):
         raise CheckpointError(f"{path} is not a quantized file of this library (no 'quantized' entry): "
                               "load it with tdmpc_opt_lib.checkpoints.load_checkpoint")
     return _build(ModelConfig.from_dict(obj["config"]), obj["model"], obj["quantized"], path, device)
+
+
+def load_model(path: str | os.PathLike, task_set: str | None = None, model_size: int | None = None,
+               device: str | torch.device = "cpu") -> WorldModel:
+    """Any file or folder a user may hold: a safetensors export (folder), a quantized file of this library,
+    or anything :func:`~tdmpc_opt_lib.checkpoints.load_checkpoint` reads. ``model_size`` is checked."""
+    path = Path(path)
+    if path.is_dir():
+        model = load_safetensors(path, device)
+    elif is_quantized_file(read_file(path)):
+        model = load_quantized(path, device)
+    else:
+        return load_checkpoint(path, task_set=task_set, model_size=model_size, device=device)
+    if model_size is not None and model.cfg.model_size != model_size:
+        raise CheckpointError(f"{path} holds a size-{model.cfg.model_size} model, not the requested size {model_size}")
+    if task_set is not None and resolve_task_set(task_set).tasks != model.cfg.tasks.tasks:
+        raise CheckpointError(f"{path} was made for tasks {list(model.cfg.tasks.tasks)}, "
+                              f"not for the requested task set {task_set!r}")
+    return model
 
 
 # ------------------------------------------------------------------------------ safetensors export
@@ -412,8 +438,6 @@ def write_variant(model: WorldModel, scheme: str, path: str | os.PathLike, fp16_
 
 def load_variant(path: str | os.PathLike, scheme: str, model_cfg: ModelConfig) -> WorldModel:
     """Load a file written for ``scheme``: paper recipes via load_checkpoint, ours via :func:`load_quantized`."""
-    from .checkpoints import load_checkpoint
-
     if scheme in PAPER_RECIPES:
         return load_checkpoint(path, task_set=list(model_cfg.tasks.tasks))
     return load_quantized(path)

@@ -150,6 +150,26 @@ def test_wrong_loader_errors(small_model, tmp_path):
         Q.quantize_state(small_model, "int4")
 
 
+def test_load_model_reads_every_kind(small_model, tmp_path, capsys):
+    """One loader for the CLI: float checkpoints, quantized files, safetensors folders; sizes/tasks checked."""
+    save_checkpoint(small_model, tmp_path / "f.pt")
+    Q.save_quantized(small_model, "int8", tmp_path / "q.pt")
+    Q.save_quantized(small_model, "paper-int8", tmp_path / "p.pt")
+    Q.export_safetensors(small_model, "int8", tmp_path / "st")
+    expected = {"f.pt": small_model, "q.pt": Q.load_quantized(tmp_path / "q.pt"),
+                "p.pt": load_checkpoint(tmp_path / "p.pt", task_set=TASKS), "st": Q.load_safetensors(tmp_path / "st")}
+    for name, ref in expected.items():
+        model = Q.load_model(tmp_path / name, task_set=TASKS if name == "p.pt" else None)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values())), name
+    with pytest.raises(CheckpointError, match="size-None model, not the requested size 1"):
+        Q.load_model(tmp_path / "q.pt", model_size=1)
+    with pytest.raises(CheckpointError, match="requested task set 'mt30'"):
+        Q.load_model(tmp_path / "st", task_set="mt30")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "q.pt"), "--no-mpc", "--episodes", "1",
+                 "--tasks", "cup-catch"]) == 0
+    assert "normalized score" in capsys.readouterr().out
+
+
 def test_size_ordering(small_model, tmp_path):
     rows = {s: Q.write_variant(small_model, s, tmp_path / f"{s}.pt") for s in Q.SCHEMES}
     for kind in ("full_mib", "full_tensor_mib", "deployable_mib", "deployable_tensor_mib"):
