@@ -202,18 +202,19 @@ def _pi_sample(w: dict, z: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor, 
     return torch.tanh(mu * mk + eps * mk * (log_std * mk).exp())
 
 
-def _q_avg(w: dict, z: torch.Tensor, a: torch.Tensor, heads: torch.Tensor, k: _Consts) -> torch.Tensor:
-    """Mean of the Q heads ``heads`` (only those are computed) → ``[N, S]``."""
+def _q_avg(w: dict, z: torch.Tensor, a: torch.Tensor, heads: torch.Tensor | None, k: _Consts) -> torch.Tensor:
+    """Mean of the Q heads ``heads`` (only those are computed; None: all) → ``[N, S]``."""
     N, S, _ = z.shape
-    nh = heads.shape[0]
-    wza = w["q_wza"][heads]                                        # [nh, L+A, M]
-    M = wza.shape[-1]
-    x = torch.cat([z, a], -1) @ wza.permute(1, 0, 2).reshape(wza.shape[1], nh * M)
-    x = x.view(N, S, nh, M) + w["q_c"][heads].permute(1, 0, 2).unsqueeze(1)
-    x = _ln_mish(x, w["q0_lnw"][heads], w["q0_lnb"][heads]).view(N * S, nh, M).transpose(0, 1)
-    x = _ln_mish(torch.baddbmm(w["q1_b"][heads].unsqueeze(1), x, w["q1_w"][heads]),
-                 w["q1_lnw"][heads].unsqueeze(1), w["q1_lnb"][heads].unsqueeze(1))
-    logits = torch.baddbmm(w["q2_b"][heads].unsqueeze(1), x, w["q2_w"][heads])
+    sel = (lambda t: t) if heads is None else (lambda t: t[heads])
+    wza = sel(w["q_wza"])                                          # [nh, L+A, M]
+    nh, M = wza.shape[0], wza.shape[-1]
+    x = torch.matmul(torch.cat([z, a], -1).view(1, N * S, -1), wza)                  # [nh, N·S, M]
+    x = x.view(nh, N, S, M) + sel(w["q_c"]).unsqueeze(2)
+    x = _ln_mish(x, sel(w["q0_lnw"])[:, None, None], sel(w["q0_lnb"])[:, None, None]).view(nh, N * S, M)
+    # bmm + bias (fused into the next kernel) rather than baddbmm, which first copies the broadcast bias
+    x = _ln_mish(torch.bmm(x, sel(w["q1_w"])) + sel(w["q1_b"]).unsqueeze(1),
+                 sel(w["q1_lnw"]).unsqueeze(1), sel(w["q1_lnb"]).unsqueeze(1))
+    logits = torch.bmm(x, sel(w["q2_w"])) + sel(w["q2_b"]).unsqueeze(1)
     return math.two_hot_inv(logits, k.vmin, k.vmax).view(nh, N, S).mean(0)
 
 
@@ -308,6 +309,7 @@ class Planner:
             actions *= mask.unsqueeze(1)
             eps = torch.randn(N, S, A, generator=g)
             heads = two_random_heads(m.cfg.num_q, g)
+            heads = None if m.cfg.num_q == 2 else heads     # both heads: their mean does not depend on the order
             value = torch.cat([self._value(_rows(w, sl), z0[sl], actions[:, sl, P:], zp[sl], G_pi[sl], gamma[sl],
                                            mask[sl], eps[sl], heads, k)
                                for sl in _chunks(N, self.chunk_envs)]).nan_to_num(0)        # [N, S]
