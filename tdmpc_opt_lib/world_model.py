@@ -132,8 +132,8 @@ class WorldModel(nn.Module):
         if return_type == "all":
             return self._run_q(net, x.reshape(-1, x.shape[-1]), None, detach).reshape(-1, *batch, self.cfg.num_bins)
         heads = two_random_heads(self.cfg.num_q, generator, x.device)
-        if self.cfg.num_q == 2:  # both heads, in some order: min and mean do not depend on it
-            heads = None
+        if self.cfg.num_q == 2 and not (net.training and self.cfg.dropout):
+            heads = None  # both heads in some order: min and mean do not depend on it (with dropout the masks would)
         logits = self._run_q(net, x.reshape(-1, x.shape[-1]), heads, detach)
         q = math.two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax).reshape(2, *batch, 1)
         return q.min(0).values if return_type == "min" else q.sum(0) / 2
