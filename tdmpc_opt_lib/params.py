@@ -119,6 +119,7 @@ def _mt_mini_dataset() -> str | None:
 
 SMOKE_OUT = str(REPO / "reports" / "_smoke")
 RESULTS = str(REPO / "reports" / "results")
+RECORDED = REPO / "reports" / "runs"   # committed results of runs too long for the default report
 # The paper's scale needs files this repository cannot ship: the converted MT30 dataset
 # (`python -m tdmpc_opt_lib convert-data`) and the public 317M / 48M TD-MPC2 checkpoints.
 PAPER_DATA = REPO / "data" / "mt30"

@@ -443,13 +443,15 @@ def load_variant(path: str | os.PathLike, scheme: str, model_cfg: ModelConfig) -
     return load_quantized(path)
 
 
-def planning_latency_ms(model: WorldModel, planner_cfg=None, steps: int = 10) -> float:
-    """Mean wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment (eager)."""
+def planning_latency_ms(model: WorldModel, planner_cfg=None, steps: int = 10, compile: bool = False) -> float:
+    """Mean wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment
+    (eager unless ``compile``; compiling happens in the warm-up calls)."""
     from .planner import Planner
 
-    planner = Planner(model, planner_cfg, seed=0)
+    planner = Planner(model, planner_cfg, seed=0, compile=compile)
     obs, task = torch.zeros(1, model.cfg.obs_dim), torch.zeros(1, dtype=torch.long)
-    planner.plan(obs, task, t0=True)  # warm-up
+    for t in range(3 if compile else 1):  # warm-up
+        planner.plan(obs, task, t0=t == 0)
     start = time.perf_counter()
     for _ in range(steps):
         planner.plan(obs, task)
@@ -499,6 +501,22 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
     table = pd.DataFrame(rows)
     if return_episodes:
         return table, pd.concat(episodes, ignore_index=True) if episodes else None
+    return table
+
+
+RECORDED_COLUMNS = ("scheme", "protocol", "full_mib", "deployable_mib", "score", "plan_ms")
+
+
+def recorded_table(path: str | os.PathLike) -> pd.DataFrame | None:
+    """A summary written by ``benchmarks/quantized_mpc.py`` (None when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    if missing := [c for c in RECORDED_COLUMNS if c not in table.columns]:
+        raise ValueError(f"{path}: not a quantization summary, missing columns {missing}")
+    if unknown := sorted(set(table["scheme"]) - set(SCHEMES)):
+        raise ValueError(f"{path}: unknown schemes {unknown}")
     return table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -271,3 +272,16 @@ def test_quantization_table_smoke(small_model, tmp_path):
     assert list(df["scheme"]) == ["fp16", "int8-dynamic", "paper-int8"]
     assert df["score"].between(0, 100).all() and (df["plan_ms"] > 0).all() and (df["forward_ms"] > 0).all()
     assert (df["deployable_mib"] < df["full_mib"]).all()
+
+
+def test_recorded_table(tmp_path):
+    assert Q.recorded_table(tmp_path / "none.csv") is None
+    row = {"scheme": "int8", "protocol": "MPPI", "full_mib": 2.0, "deployable_mib": 1.4, "score": 30.0, "plan_ms": 90.0}
+    pd.DataFrame([row]).to_csv(tmp_path / "ok.csv", index=False)
+    assert Q.recorded_table(tmp_path / "ok.csv").score.tolist() == [30.0]
+    pd.DataFrame([{k: v for k, v in row.items() if k != "score"}]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"missing columns \['score'\]"):
+        Q.recorded_table(tmp_path / "bad.csv")
+    pd.DataFrame([{**row, "scheme": "int4"}]).to_csv(tmp_path / "bad2.csv", index=False)
+    with pytest.raises(ValueError, match="unknown schemes"):
+        Q.recorded_table(tmp_path / "bad2.csv")
