@@ -13,7 +13,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,21 @@ def grid(base: dict[str, Any], **axes: list) -> list[dict[str, Any]]:
     return points
 
 
+@contextmanager
+def _child_stderr_to(path: Path) -> Iterator[None]:
+    """Processes started inside (papermill's kernels) write their stderr (jupyter's start-up warnings,
+    crashes) to ``path`` instead of this notebook's output; cell errors still reach papermill's exception."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile: str, jobs: int = 1,
              resolve_params=None) -> pd.DataFrame:
     """Execute ``notebook`` (03_distill) with papermill for every point whose run is not finished yet,
@@ -171,7 +188,8 @@ def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile:
         pm.execute_notebook(str(notebook), str(d / "03_distill.ipynb"), parameters=params,
                             cwd=str(Path(notebook).parent), progress_bar=False)
 
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    log = (run_dir(todo[0][1]).parent if todo else Path(".")) / "kernels.log"
+    with _child_stderr_to(log), ThreadPoolExecutor(max(1, jobs)) as pool:
         list(pool.map(execute, todo))
     ran, rows = {run_dir(P).name for _, P in todo}, []
     for p in points:

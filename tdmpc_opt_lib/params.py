@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
+
 from .config import MODEL_SIZES, MT30
 from .quantize import SCHEMES
 from .training import DISTILL_KINDS
@@ -176,6 +178,22 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": dict(render=True, frame_steps=[0, 50, 150, 499], episode_length=None, out_dir=RESULTS),
     },
 }
+
+
+def rel(path: str | os.PathLike) -> str:
+    """``path`` as the report shows it: relative to the repository (``../shared/...`` for the shared
+    folder beside it), so pages do not depend on where the clone lives; other paths unchanged."""
+    p = Path(path).absolute()
+    for base, prefix in ((REPO, ""), (SHARED, "../shared/")):
+        if p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+    return str(path)
+
+
+def table(P: dict[str, Any]) -> pd.DataFrame:
+    """Resolved parameters as a one-column table, paths shown with :func:`rel`."""
+    shown = {k: rel(v) if isinstance(v, (str, Path)) and os.sep in str(v) else v for k, v in P.items()}
+    return pd.Series(shown, name="value", dtype=object).to_frame()
 
 
 def profile_name(profile: str | None = None) -> str:

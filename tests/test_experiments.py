@@ -56,3 +56,14 @@ def test_run_is_trained_once_then_read_back(params):
     assert experiments.pick_student(params["out_dir"]) == experiments.run_dir(params) / "model.pt"
     assert experiments.pick_student(params["out_dir"], d_coef=0.0) is None
     assert json.loads((experiments.run_dir(params) / "result.json").read_text())["teacher"] is not None
+
+
+def test_child_processes_stderr_goes_to_the_log(tmp_path):
+    import subprocess
+    import sys
+    log = tmp_path / "runs" / "kernels.log"
+    with experiments._child_stderr_to(log):
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('kernel warning\\n')"], check=True)
+    assert log.read_text() == "kernel warning\n"
+    subprocess.run([sys.executable, "-c", "import os; os.write(2, b'after')"], check=True)
+    assert log.read_text() == "kernel warning\n"                               # fd 2 is restored

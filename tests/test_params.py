@@ -67,3 +67,12 @@ def test_paper_profile_names_the_files_it_needs():
         resolve("03_distill", profile="paper")
     with pytest.raises(ValueError, match="'dataset' must be a dataset folder .* convert-data"):
         resolve("03_distill", profile="paper", teacher=__file__)
+
+
+def test_paths_are_shown_relative_to_the_repository():
+    from tdmpc_opt_lib import params
+    assert params.rel(params.REPO / "reports" / "results" / "x.csv") == "reports/results/x.csv"
+    assert params.rel(params.RELEASED_FP16) == "../shared/checkpoints/mt30_1M_steps_045dist_fp16.pt"
+    assert params.rel("/somewhere/else.pt") == "/somewhere/else.pt"
+    shown = params.table({"teacher": str(params.MT_MINI_TEACHER), "tasks": "cup-catch", "steps": 10, "x": None})
+    assert shown["value"].tolist() == ["data/mt-mini/teacher.pt", "cup-catch", 10, None]
