@@ -36,7 +36,7 @@ def evaluate_groups(scheme: str, file: Path, tasks: list[str], args: argparse.Na
     parts = [args.work / f"{scheme}_mpc_seed{args.seed}_{chr(97 + i)}.csv" for i in range(len(groups))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "tdmpc_opt_lib", "evaluate", "--checkpoint", str(file),
-                               "--tasks", ",".join(g), "--episodes", str(args.episodes), "--seed", str(args.seed),
+                               "--tasks", ",".join(g), "--task-set", ",".join(tasks), "--episodes", str(args.episodes), "--seed", str(args.seed),
                                "--out", str(p)], env=env, stdout=subprocess.DEVNULL,
                               stderr=open(p.with_suffix(".log"), "w"))
              for g, p in zip(groups, parts) if not p.is_file()]
@@ -70,7 +70,7 @@ def main() -> None:
         df = evaluate_groups(scheme, file, tasks, args)
         results[scheme] = df
         df.to_csv(args.out / f"released_{scheme}_mpc_seed{args.seed}.csv", index=False)
-        loaded = quantize.load_model(file)
+        loaded = quantize.load_model(file, task_set=",".join(tasks))
         rows.append({"scheme": scheme, "file": file.name, "full_mib": row["full_mib"],
                      "deployable_mib": row["deployable_mib"], "score": normalized_score(df),
                      "plan_ms": quantize.planning_latency_ms(loaded, steps=10, compile=True)})
