@@ -5,6 +5,7 @@ as a dict) and ``"format"``; every file is read with ``torch.load(weights_only=T
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -38,6 +39,19 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def content_digest(path: str | os.PathLike | None) -> str | None:
+    """Content hash of a checkpoint file or a dataset folder's index (a moved file is the same file)."""
+    if path is None:
+        return None
+    path = Path(path)
+    target = path / "index.json" if path.is_dir() else path
+    h = hashlib.sha1()
+    with open(target, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
 
 
 def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

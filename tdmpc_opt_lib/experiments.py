@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from . import training
+from .checkpoints import content_digest
 from .evaluation import evaluate, normalized_score, task_table
 from .planner import PlannerConfig
 
@@ -30,24 +31,11 @@ RUN_KEYS = ("d_coef", "distill", "steps", "batch_size", "model_size", "seed", "t
 EVAL_SEED = 0  # every model is evaluated on the same environment seeds
 
 
-def _digest(path: str | os.PathLike | None) -> str | None:
-    """Content hash of a checkpoint file or a dataset folder's index (so a moved file is the same run)."""
-    if path is None:
-        return None
-    path = Path(path)
-    target = path / "index.json" if path.is_dir() else path
-    h = hashlib.sha1()
-    with open(target, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def run_key(P: dict[str, Any]) -> dict[str, Any]:
     """The parameters that define a run, with teacher/dataset replaced by content hashes."""
     key = {k: P[k] for k in RUN_KEYS}
-    key["teacher"] = _digest(P["teacher"]) if P["d_coef"] > 0 else None
-    key["dataset"] = _digest(P["dataset"])
+    key["teacher"] = content_digest(P["teacher"]) if P["d_coef"] > 0 else None
+    key["dataset"] = content_digest(P["dataset"])
     return key
 
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import losses
-from .checkpoints import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, atomic_save, content_digest, load_checkpoint, save_checkpoint
 from .config import ModelConfig, model_config, task_set
 from .data import Dataset, WindowSampler
 from .world_model import WorldModel
@@ -268,7 +268,10 @@ def fit_pca_projection(projection: LatentProjection, teacher: WorldModel, ds: Da
 
 
 def _run_config(cfg: TrainConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+    """What must match to resume a run: the settings, with dataset and teacher by content (a moved run folder,
+    dataset or teacher is the same run)."""
+    run = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE | {"out", "data", "teacher"}}
+    return {**run, "data_digest": content_digest(cfg.data), "teacher_digest": content_digest(cfg.teacher)}
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
@@ -301,7 +304,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         if state.get("format") != TRAIN_FORMAT:
             raise CheckpointError(f"{ckpt_path} is not a training checkpoint of this library")
-        diff = {k: (v, state["run"].get(k)) for k, v in _run_config(cfg).items() if state["run"].get(k) != v}
+        # settings a run saved by an older version lacks are not compared
+        diff = {k: (v, state["run"][k]) for k, v in _run_config(cfg).items() if k in state["run"] and state["run"][k] != v}
         if diff:
             raise ValueError(f"{out} holds a different run; differing settings (now, then): {diff}. "
                              "Use another --out folder.")

@@ -91,6 +91,18 @@ def test_resume_refuses_a_different_run(dataset, tmp_path):
     assert [r["step"] for r in _rows(tmp_path)] == ["1", "2", "3", "4"]
 
 
+def test_a_moved_run_resumes_but_other_data_is_refused(dataset, tmp_path):
+    import shutil
+    training.train(_cfg(dataset, tmp_path / "run", steps=2), progress=False)
+    moved_data = shutil.copytree(dataset, tmp_path / "elsewhere" / "ds")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    training.train(_cfg(moved_data, tmp_path / "moved", steps=4), progress=False)   # same content, new paths
+    assert [r["step"] for r in _rows(tmp_path / "moved")] == ["1", "2", "3", "4"]
+    other = data.make_synthetic(tmp_path / "other", transitions=300, tasks=TASKS, episode_length=20, seed=5)
+    with pytest.raises(ValueError, match="data_digest"):
+        training.train(_cfg(other, tmp_path / "moved", steps=6), progress=False)
+
+
 def test_pca_distillation_and_frozen_teacher(dataset, teacher, tmp_path):
     cfg = _cfg(dataset, tmp_path, steps=2, teacher=teacher, d_coef=0.45, distill="latent-pca", pca_samples=64)
     training.train(cfg, progress=False)
