@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         raise
 
 
+# torch 2.13 warns on every quantized-tensor creation; the paper's recipes and releases need them
+QUANTIZED_DEPRECATION = r"(torch\.quantize_per_tensor, torch\.quantize_per_channel and other|TypedStorage is deprecated)"
+
+
 def content_digest(path: str | os.PathLike | None) -> str | None:
     """Content hash of a checkpoint file or a dataset folder's index (a moved file is the same file)."""
     if path is None:
@@ -62,7 +67,9 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # the paper's int8/mixed files hold torch quantized tensors (deprecated)
+            warnings.filterwarnings("ignore", message=QUANTIZED_DEPRECATION)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         hint = "the file looks truncated or corrupted" if zipfile.is_zipfile(path) or "zip" in str(e).lower() \
             else "it is not a torch checkpoint"

@@ -176,9 +176,9 @@ def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile:
         pm.execute_notebook(str(notebook), str(d / "03_distill.ipynb"), parameters=params,
                             cwd=str(Path(notebook).parent), progress_bar=False)
 
-    log = (run_dir(todo[0][1]).parent if todo else Path(".")) / "kernels.log"
-    with _child_stderr_to(log), ThreadPoolExecutor(max(1, jobs)) as pool:
-        list(pool.map(execute, todo))
+    if todo:
+        with _child_stderr_to(run_dir(todo[0][1]).parent / "kernels.log"), ThreadPoolExecutor(max(1, jobs)) as pool:
+            list(pool.map(execute, todo))
     ran, rows = {run_dir(P).name for _, P in todo}, []
     for p in points:
         P = resolve_params(p)

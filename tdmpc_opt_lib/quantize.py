@@ -37,6 +37,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import math
-from .checkpoints import (FORMAT, CheckpointError, atomic_save, check_state_dict, load_checkpoint, read_file,
+from .checkpoints import (FORMAT, QUANTIZED_DEPRECATION, CheckpointError, atomic_save, check_state_dict, load_checkpoint, read_file,
                           to_public)
 from .config import ModelConfig
 from .config import task_set as resolve_task_set
@@ -66,7 +67,9 @@ Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # obs [B, obs_dim], ac
 
 # ------------------------------------------------------------------------------ paper recipes
 def _qint8_unit(t: torch.Tensor) -> torch.Tensor:
-    return torch.quantize_per_tensor(t.float(), scale=1.0, zero_point=0, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=QUANTIZED_DEPRECATION)
+        return torch.quantize_per_tensor(t.float(), scale=1.0, zero_point=0, dtype=torch.qint8)
 
 
 def paper_fp16(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

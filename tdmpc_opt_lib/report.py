@@ -141,7 +141,9 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
     for nb in notebooks(only):
         start = time.perf_counter()
         executed = out / nb.name
-        pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "out_dir": str(results)},
+        # relative to the kernel's folder, so the pages do not show where this clone lives
+        pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile,
+                                                                "out_dir": os.path.relpath(results, NOTEBOOKS)},
                             cwd=str(NOTEBOOKS), progress_bar=False)
         to_html(executed)
         pages.append((nb.stem, time.perf_counter() - start))
