@@ -70,8 +70,11 @@ class Dataset:
         return self.action.shape[1]
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.path or 'in memory'}: {self.num_episodes} episodes, {self.num_steps} steps, "
-                f"{len(self.tasks)} tasks, obs {self.obs_dim}, action {self.action_dim})")
+        return f"Dataset({self.path or 'in memory'}: {self.summary()})"
+
+    def summary(self) -> str:
+        return (f"{self.num_episodes} episodes, {self.num_steps} steps, {len(self.tasks)} tasks, "
+                f"obs {self.obs_dim}, action {self.action_dim}")
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Dataset":
