@@ -4,7 +4,7 @@ For each scheme: write the variant (``quantize.write_variant``; ``--variant NAME
 file instead, e.g. the paper's released int8/mixed files), evaluate it with the CLI in ``--procs``
 single-thread processes over contiguous task groups (a group whose CSV exists is skipped, so a killed run
 resumes), then merge per-episode CSVs and print/write the summary: sizes (full / deployable), normalized
-score, gap to fp16, planning latency per action (compiled planner, one environment).
+score, gap to fp16 (with its standard error over tasks), planning latency per action (compiled planner, one environment).
 
     python benchmarks/quantized_mpc.py [--checkpoint PATH] [--schemes fp16,int8,paper-mixed,paper-int8]
         [--episodes 2] [--seed 0] [--procs 2] [--variant paper-int8=PATH ...] [--work DIR] [--out DIR]
@@ -45,6 +45,13 @@ def evaluate_groups(scheme: str, file: Path, tasks: list[str], args: argparse.Na
     return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
 
 
+def paired_difference(df: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, float]:
+    """Normalized-score difference to ``ref`` on the same tasks/episodes/seeds, and its standard error
+    over tasks (the per-task mean differences are the paired samples)."""
+    per_task = (df.groupby("task")["score"].mean() - ref.groupby("task")["score"].mean()).dropna()
+    return float(per_task.mean()), float(per_task.std(ddof=1) / np.sqrt(len(per_task)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=RELEASED, help="float/fp16 student to quantize")
@@ -77,7 +84,8 @@ def main() -> None:
         print(f"{scheme:<12} {rows[-1]['score']:6.2f}  ({file.name})", flush=True)
     table = pd.DataFrame(rows)
     if "fp16" in results:
-        table["vs_fp16"] = table["score"] - table.loc[table.scheme == "fp16", "score"].iloc[0]
+        paired = [paired_difference(results[s], results["fp16"]) for s in table.scheme]
+        table["vs_fp16"], table["vs_fp16_se"] = zip(*paired)
     table.insert(1, "protocol", f"MPPI, {len(tasks)} tasks x {args.episodes} episodes, seed {args.seed}")
     out = args.out / f"quantization_released_mpc_seed{args.seed}.csv"   # read by quantize.recorded_table
     table.round(4).to_csv(out, index=False)

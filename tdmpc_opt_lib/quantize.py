@@ -447,7 +447,7 @@ def load_variant(path: str | os.PathLike, scheme: str, model_cfg: ModelConfig) -
 
 
 def planning_latency_ms(model: WorldModel, planner_cfg=None, steps: int = 10, compile: bool = False) -> float:
-    """Mean wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment
+    """Median wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment
     (eager unless ``compile``; compiling happens in the warm-up calls)."""
     from .planner import Planner
 
@@ -455,10 +455,12 @@ def planning_latency_ms(model: WorldModel, planner_cfg=None, steps: int = 10, co
     obs, task = torch.zeros(1, model.cfg.obs_dim), torch.zeros(1, dtype=torch.long)
     for t in range(3 if compile else 1):  # warm-up
         planner.plan(obs, task, t0=t == 0)
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         planner.plan(obs, task)
-    return (time.perf_counter() - start) / steps * 1e3
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
 
 
 def forward_latency_ms(model: WorldModel, inputs: Inputs, steps: int = 10) -> float:
