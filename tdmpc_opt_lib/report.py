@@ -113,10 +113,11 @@ def headline(results: str | os.PathLike, reference: str | os.PathLike | None = M
     return pd.DataFrame(rows, columns=["model", "notebook", "normalized score", "tasks"]).set_index("model")
 
 
-def index_page(pages: list[tuple[str, float]], results: Path, profile: str) -> str:
-    """HTML index: links to the executed notebooks and every ``*_summary.csv`` they wrote."""
-    rows = "\n".join(f'<li><a href="{html.escape(name)}.html">{html.escape(name)}</a> ({sec:.0f} s)</li>'
-                     for name, sec in pages)
+def index_page(pages: list[tuple[str, float | None]], results: Path, profile: str) -> str:
+    """HTML index: links to the notebook pages (with their run time when executed now) and every
+    ``*_summary.csv`` they wrote."""
+    rows = "\n".join(f'<li><a href="{html.escape(name)}.html">{html.escape(name)}</a>'
+                     f'{"" if sec is None else f" ({sec:.0f} s)"}</li>' for name, sec in pages)
     head = headline(results) if results.is_dir() else pd.DataFrame()
     tables = "" if head.empty else f"<h3>headline</h3>\n{head.round(2).to_html()}\n"
     tables += "\n".join(f"<h3>{html.escape(csv.stem)}</h3>\n{pd.read_csv(csv, index_col=0).round(2).to_html()}"
@@ -148,8 +149,11 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
         to_html(executed)
         pages.append((nb.stem, time.perf_counter() - start))
         print(f"{nb.stem}: {pages[-1][1]:.0f} s -> {executed.with_suffix('.html')}")
+    # pages executed earlier (``only``) stay in the index
+    timed = dict(pages)
+    listed = [(nb.stem, timed.get(nb.stem)) for nb in notebooks() if (out / f"{nb.stem}.html").is_file()]
     index = out / "index.html"
-    index.write_text(index_page(pages, results, profile), encoding="utf-8")
+    index.write_text(index_page(listed, results, profile), encoding="utf-8")
     print(f"report: {index}")
     return index
 
