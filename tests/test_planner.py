@@ -81,9 +81,10 @@ def test_many_environments_at_once(student):
     assert actions.shape == (len(TASKS), 6) and actions.abs().max() <= 1
     for row, env in zip(actions, envs):
         assert (row[student.cfg.tasks.action_dims[env.task_id]:] == 0).all()
-    # same seed, same actions; chunking does not change the result
+    # same seed, same actions; chunking does not change the result beyond float32 rounding (MKL blocks
+    # matmuls of other row counts differently; 1.4e-5 seen)
     again = Planner(student, PlannerConfig(num_samples=128, num_elites=16, num_pi_trajs=8), seed=0, chunk_rows=4096)
-    torch.testing.assert_close(again.plan(obs, task, t0=True), actions, atol=1e-5, rtol=0)
+    torch.testing.assert_close(again.plan(obs, task, t0=True), actions, atol=1e-4, rtol=0)
     # warm start is per environment; a different batch size needs reset()
     with pytest.raises(ValueError, match="reset"):
         planner.plan(obs[:2], task[:2])
