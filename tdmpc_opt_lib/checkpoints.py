@@ -214,6 +214,11 @@ def check_state_dict(model: WorldModel, sd: dict[str, torch.Tensor], path: Path)
         raise CheckpointError(f"{path} does not match the world model: " + "; ".join(parts))
 
 
+def is_quantized_file(obj: dict) -> bool:
+    """Whether a file object (:func:`read_file`) was written by ``quantize.save_quantized``."""
+    return str(obj.get("format", "")).startswith("tdmpc_opt/") and bool(obj.get("quantized"))
+
+
 def load_checkpoint(path: str | os.PathLike, task_set: str | TaskSet | list[str] | None = None,
                     model_size: int | None = None, device: str | torch.device = "cpu") -> WorldModel:
     """Load any supported checkpoint into a float32 :class:`WorldModel` in eval mode.
@@ -222,9 +227,14 @@ def load_checkpoint(path: str | os.PathLike, task_set: str | TaskSet | list[str]
     is inferred from the shapes when not given and checked when given.
     """
     path = Path(path)
-    obj = read_file(path)
+    return model_from_file_object(read_file(path), path, task_set, model_size, device)
+
+
+def model_from_file_object(obj: dict, path: Path, task_set: str | TaskSet | list[str] | None = None,
+                           model_size: int | None = None, device: str | torch.device = "cpu") -> WorldModel:
+    """:func:`load_checkpoint` on a file already read with :func:`read_file` (``path`` names it in errors)."""
     raw = obj["model"]
-    if obj.get("format", "").startswith("tdmpc_opt/") and obj.get("quantized"):
+    if is_quantized_file(obj):
         raise CheckpointError(f"{path} is a quantized export of this library ({obj['quantized']}); "
                               "load it with tdmpc_opt_lib.quantize.load_quantized")
     fmt = detect_format(raw)

@@ -48,10 +48,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import math
-from .checkpoints import (FORMAT, QUANTIZED_DEPRECATION, CheckpointError, atomic_save, check_state_dict, load_checkpoint, read_file,
-                          to_public)
-from .config import ModelConfig
-from .config import task_set as resolve_task_set
+from .checkpoints import (FORMAT, QUANTIZED_DEPRECATION, CheckpointError, atomic_save, check_state_dict,
+                          is_quantized_file, load_checkpoint, model_from_file_object, read_file, to_public)
+from .config import ModelConfig, task_set as resolve_task_set
 from .layers import EnsembleLinear
 from .world_model import WorldModel
 
@@ -271,11 +270,6 @@ def _build(cfg: ModelConfig, stored: dict[str, torch.Tensor], scheme: str, path:
     return model.to(device).eval()
 
 
-def is_quantized_file(obj: dict) -> bool:
-    """Whether a loaded file object was written by :func:`save_quantized` (a scheme of this library)."""
-    return str(obj.get("format", "")).startswith("tdmpc_opt/") and bool(obj.get("quantized"))
-
-
 def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu") -> WorldModel:
     """Load a file written by :func:`save_quantized` / :func:`write_variant` (schemes of this library).
 
@@ -284,7 +278,10 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu") 
     :class:`CheckpointError` pointing to :func:`~tdmpc_opt_lib.checkpoints.load_checkpoint`.
     """
     path = Path(path)
-    obj = read_file(path)
+    return _from_file_object(read_file(path), path, device)
+
+
+def _from_file_object(obj: dict, path: Path, device: str | torch.device) -> WorldModel:
     if not is_quantized_file(obj):
         raise CheckpointError(f"{path} is not a quantized file of this library (no 'quantized' entry): "
                               "load it with tdmpc_opt_lib.checkpoints.load_checkpoint")
@@ -298,10 +295,10 @@ def load_model(path: str | os.PathLike, task_set: str | None = None, model_size:
     path = Path(path)
     if path.is_dir():
         model = load_safetensors(path, device)
-    elif is_quantized_file(read_file(path)):
-        model = load_quantized(path, device)
+    elif is_quantized_file(obj := read_file(path)):
+        model = _from_file_object(obj, path, device)
     else:
-        return load_checkpoint(path, task_set=task_set, model_size=model_size, device=device)
+        return model_from_file_object(obj, path, task_set, model_size, device)
     if model_size is not None and model.cfg.model_size != model_size:
         raise CheckpointError(f"{path} holds a size-{model.cfg.model_size} model, not the requested size {model_size}")
     if task_set is not None and resolve_task_set(task_set).tasks != model.cfg.tasks.tasks:
