@@ -2,7 +2,7 @@
 size-5 teacher (reward distillation), and peak RSS while training from a memory-mapped synthetic
 dataset much larger than a batch (generated in a temporary folder, deleted afterwards).
 
-    python benchmarks/bench_train.py [--transitions 20000000] [--updates 50] [--threads N]
+    python benchmarks/bench_train.py [--transitions 20000000] [--rounds 5] [--block 10] [--threads N]
 
 Models have random weights (speed does not depend on them). Batches come from the sampler, so
 the figures include data loading; sampling alone is timed separately.
@@ -13,12 +13,14 @@ import argparse
 import dataclasses
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench_planner import matmul_gflops
 from tdmpc_opt_lib import data, training
 from tdmpc_opt_lib.config import model_config
 from tdmpc_opt_lib.world_model import WorldModel
@@ -32,26 +34,34 @@ def rss_mib() -> dict[str, float]:
     return out
 
 
-def updates_per_s(learner: training.Learner, sampler: data.WindowSampler, n: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        learner.update(**sampler.sample())
-    t = time.perf_counter()
-    for _ in range(n):
-        learner.update(**sampler.sample())
-    return n / (time.perf_counter() - t)
+def block_rates(learners: dict, sampler: data.WindowSampler, rounds: int, block: int, warmup: int = 5) -> dict:
+    """Updates/s of each learner over ``rounds`` blocks of ``block`` updates, the learners taking turns
+    block by block, so that all of them see the same state of a machine whose speed drifts."""
+    for learner in learners.values():
+        for _ in range(warmup):
+            learner.update(**sampler.sample())
+    rates: dict = {name: [] for name in learners}
+    for _ in range(rounds):
+        for name, learner in learners.items():
+            t = time.perf_counter()
+            for _ in range(block):
+                learner.update(**sampler.sample())
+            rates[name].append(block / (time.perf_counter() - t))
+    return rates
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transitions", type=int, default=20_000_000)
-    ap.add_argument("--updates", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=5, help="timed blocks per configuration")
+    ap.add_argument("--block", type=int, default=10, help="updates per timed block")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tmp", default=None, help="folder for the synthetic dataset (default: system temp)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"threads: {torch.get_num_threads()}  batch: {args.batch_size}  timed updates: {args.updates}")
+    print(f"threads: {torch.get_num_threads()}  batch: {args.batch_size}  fp32 matmul: {matmul_gflops():.0f} GFLOP/s")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_", dir=args.tmp))
     try:
         t = time.perf_counter()
@@ -67,20 +77,25 @@ def main() -> None:
 
         torch.manual_seed(0)
         cfg = training.UpdateConfig(batch_size=args.batch_size)
-        print(f"{'':<42}{'eager':>8}{'fused':>8}  (updates/s; fused = WorldModel.fuse_kernels, the default)")
-        rows = {}
-        for name, size, teacher_size in (("size-1 student, from scratch", 1, None),
-                                         ("size-1 student + size-5 teacher (d 0.4)", 1, 5),
-                                         ("size-5 model, from scratch (the teacher)", 5, None)):
-            rates = []
+        configs = {"size-1 student, from scratch": (1, None),
+                   "size-1 student + size-5 teacher (d 0.4)": (1, 5),
+                   "size-5 model, from scratch (the teacher)": (5, None)}
+        learners = {}
+        for name, (size, teacher_size) in configs.items():
             for fused in (False, True):
                 teacher = WorldModel(model_config(teacher_size, "mt30")) if teacher_size else None
                 c = dataclasses.replace(cfg, d_coef=0.4) if teacher else cfg
-                learner = training.Learner(WorldModel(model_config(size, "mt30")), c, teacher=teacher, compile=fused)
-                rates.append(updates_per_s(learner, sampler, args.updates))
-            rows[name] = rates
-            print(f"{name:<42}{rates[0]:8.2f}{rates[1]:8.2f}", flush=True)
-        ups, ups_t = rows["size-1 student, from scratch"][1], rows["size-1 student + size-5 teacher (d 0.4)"][1]
+                learners[name, fused] = training.Learner(WorldModel(model_config(size, "mt30")), c, teacher=teacher,
+                                                         compile=fused)
+        rates = block_rates(learners, sampler, args.rounds, args.block)
+        print(f"updates/s over {args.rounds} blocks of {args.block} updates, configurations taking turns; "
+              "median (best block); fused = WorldModel.fuse_kernels, the default")
+        print(f"{'':<42}{'eager':>16}{'fused':>16}")
+        for name in configs:
+            cells = [f"{statistics.median(rates[name, f]):6.2f} ({max(rates[name, f]):5.2f})" for f in (False, True)]
+            print(f"{name:<42}{cells[0]:>16}{cells[1]:>16}", flush=True)
+        ups = statistics.median(rates["size-1 student, from scratch", True])
+        ups_t = statistics.median(rates["size-1 student + size-5 teacher (d 0.4)", True])
         print(f"the teacher's forward pass makes a size-1 update {ups / ups_t:.2f}x slower; public implementation "
               "on this machine: 6.4 (size 1) and 2.0 (size 5) updates/s")
         rss = rss_mib()

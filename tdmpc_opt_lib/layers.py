@@ -20,10 +20,42 @@ class SimNorm(nn.Module):
         return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
 
 
-def dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout(p) → LayerNorm over the last dim (affine ``weight``, ``bias``, broadcast) → Mish."""
-    if p and training:
-        y = F.dropout(y, p, training=True)
+def dropout_scale(shape: torch.Size, p: float, device: torch.device | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inverted-dropout multipliers: each element independently 0 with probability ``p``, else ``1/(1-p)``.
+
+    The same distribution as ``F.dropout``, sampled through the gaps between dropped elements
+    (geometric, drawn by inversion): ~n·p random numbers instead of one per element, which
+    matters on CPU where a Bernoulli draw per element costs more than the layer it masks."""
+    if not 0 < p < 1:
+        raise ValueError(f"dropout probability must be in (0, 1), got {p}")
+    n = pymath.prod(shape)
+    scale = torch.full(shape, 1 / (1 - p), device=device)
+    expected = n * p
+    draw, last, dropped = int(expected + 6 * pymath.sqrt(expected) + 16), -1, []
+    while last < n:
+        u = torch.rand(draw, generator=generator, device=device, dtype=torch.float64)
+        gaps = torch.floor(torch.log1p(-u) / pymath.log1p(-p)).long() + 1      # Geometric(p) on {1, 2, ...}
+        idx = last + torch.cumsum(gaps, 0)
+        dropped.append(idx[idx < n])
+        last = int(idx[-1])
+    scale.view(-1)[torch.cat(dropped)] = 0
+    return scale
+
+
+def dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float, training: bool,
+                    pre_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(+ ``pre_bias``, the linear layer's bias) → Dropout(p) → LayerNorm over the last dim (affine ``weight``,
+    ``bias``, broadcast) → Mish."""
+    return _ln_mish(y, weight, bias, dropout_scale(y.shape, p, y.device) if p and training else None, pre_bias)
+
+
+def _ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None = None,
+             pre_bias: torch.Tensor | None = None) -> torch.Tensor:
+    if pre_bias is not None:
+        y = y + pre_bias
+    if scale is not None:
+        y = y * scale
     y = F.layer_norm(y, y.shape[-1:]) * weight + bias
     if torch.compiler.is_compiling():     # one exp instead of softplus + tanh: fuses into a few vector ops
         e = torch.exp(y.clamp(max=20.0))
@@ -36,17 +68,15 @@ _FUSED = None
 
 
 def fused_dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float,
-                          training: bool) -> torch.Tensor:
-    """:func:`dropout_ln_mish` with LayerNorm+Mish compiled into fused forward/backward kernels (compiled on
-    first use, dynamic sizes). Dropout stays eager: inductor's CPU random numbers are slower than torch's."""
+                          training: bool, pre_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`dropout_ln_mish` with the dropout multiply, LayerNorm and Mish compiled into fused forward/backward
+    kernels (compiled on first use, dynamic sizes); the dropout mask is drawn eagerly (:func:`dropout_scale`)."""
     global _FUSED
     if _FUSED is None:
         # one code object serves every variant (rank, grad mode, Parameter or Tensor): allow their guards
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _FUSED = torch.compile(lambda y, weight, bias: dropout_ln_mish(y, weight, bias, 0.0, False), dynamic=True)
-    if p and training:
-        y = F.dropout(y, p, training=True)
-    return _FUSED(y, weight, bias)
+        _FUSED = torch.compile(_ln_mish, dynamic=True)
+    return _FUSED(y, weight, bias, dropout_scale(y.shape, p, y.device) if p and training else None, pre_bias)
 
 
 class NormedLinear(nn.Linear):
@@ -111,15 +141,17 @@ class EnsembleLinear(nn.Module):
         w, b = self.weight, self.bias
         if heads is not None:
             w, b = w[heads], b[heads]
-        y = torch.baddbmm(b.unsqueeze(1), x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w.transpose(1, 2))
+        # bmm, and the bias added in the next kernel: baddbmm would first copy the bias to every output row
+        y = torch.bmm(x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w.transpose(1, 2))
         if self.ln is None:
+            y = y + b.unsqueeze(1)
             return self.dropout(y) if self.dropout is not None else y
         g, beta = self.ln.weight, self.ln.bias
         if heads is not None:
             g, beta = g[heads], beta[heads]
         p = self.dropout.p if self.dropout is not None else 0.0
         return (fused_dropout_ln_mish if self.fused else dropout_ln_mish)(y, g.unsqueeze(1), beta.unsqueeze(1), p,
-                                                                         self.training)
+                                                                         self.training, b.unsqueeze(1))
 
 
 class QEnsemble(nn.Sequential):

@@ -138,8 +138,8 @@ class Learner:
                   {"params": model._Qs.parameters()}, {"params": model._task_emb.parameters()}]
         if projection is not None and projection.kind == "latent-linear":
             groups.append({"params": projection.parameters()})
-        self.optim = torch.optim.Adam(groups, lr=cfg.lr)
-        self.pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5)
+        self.optim = torch.optim.Adam(groups, lr=cfg.lr, fused=True)
+        self.pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
         self.params = [p for g in self.optim.param_groups for p in g["params"]]
         self.scale = torch.ones((), device=model.discount.device)
         if compile:  # fused LayerNorm+Mish kernels: ~1.3x faster updates for the size-1 model on CPU
@@ -199,7 +199,7 @@ class Learner:
         self.optim.zero_grad(set_to_none=True)
         total, zs, out = self.model_losses(obs, action, reward, task, next_z, td)
         total.backward()
-        out["grad_norm"] = nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        out["grad_norm"] = nn.utils.clip_grad_norm_(self.params, c.grad_clip, foreach=True)
         self.optim.step()
 
         zs = zs.detach()
@@ -208,7 +208,7 @@ class Learner:
         self.scale = losses.q_scale(self.scale, q[0], c.tau)
         out["pi"] = losses.policy_loss(q, info["scaled_entropy"], self.scale, c.rho, c.entropy_coef)
         out["pi"].backward()
-        out["pi_grad_norm"] = nn.utils.clip_grad_norm_(m._pi.parameters(), c.grad_clip)
+        out["pi_grad_norm"] = nn.utils.clip_grad_norm_(m._pi.parameters(), c.grad_clip, foreach=True)
         self.pi_optim.step()
         self.pi_optim.zero_grad(set_to_none=True)
 

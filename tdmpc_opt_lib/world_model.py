@@ -54,8 +54,7 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def sync_target(self, tau: float = 0.01) -> None:
         """Polyak update ``target ← (1−tau)·target + tau·online`` of the target Q ensemble."""
-        for p, tp in zip(self._Qs.parameters(), self._target_Qs.parameters()):
-            tp.lerp_(p, tau)
+        torch._foreach_lerp_(list(self._target_Qs.parameters()), list(self._Qs.parameters()), tau)
 
     def fuse_kernels(self, on: bool = True) -> "WorldModel":
         """Run every dropout→LayerNorm→Mish tail as one ``torch.compile``'d kernel (forward and backward):
@@ -142,8 +141,13 @@ class WorldModel(nn.Module):
     def _run_q(net: QEnsemble, x: torch.Tensor, heads: torch.Tensor | None, detach: bool) -> torch.Tensor:
         if not detach:
             return net(x, heads)
-        params = {k: v.detach() for k, v in net.named_parameters()}
-        return torch.func.functional_call(net, params, (x, heads))
+        grads = [p.requires_grad for p in net.parameters()]
+        net.requires_grad_(False)               # gradients reach the inputs, not the Q parameters
+        try:
+            return net(x, heads)
+        finally:
+            for p, g in zip(net.parameters(), grads):
+                p.requires_grad_(g)
 
 
 def two_random_heads(num_q: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
