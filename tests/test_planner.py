@@ -123,3 +123,21 @@ def test_compiled_planner_matches_eager():
     eager = Planner(m, cfg, seed=1).plan(obs, task, True)
     compiled = Planner(m, cfg, seed=1, compile=True).plan(obs, task, True)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
+
+
+def test_five_head_model_equals_reference():
+    """Models with more than two Q heads (sizes 5+) evaluate only the two drawn heads; same actions as the
+    reference, which evaluates every head and picks two (float64, random weights)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        m = WorldModel(model_config(1, ["cartpole-swingup", "cup-catch"], num_q=5)).eval()
+        for p in m.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        cfg = PlannerConfig(num_samples=64, num_elites=8, num_pi_trajs=4, iterations=3)
+        obs = torch.randn(1, m.cfg.obs_dim) * 0.3
+        ref, _ = plan_reference(m, obs[0], 1, None, cfg, generator=torch.Generator().manual_seed(3))
+        ours = Planner(m, cfg, seed=3).plan(obs, torch.tensor([1]), True)
+        torch.testing.assert_close(ours[0], ref, atol=1e-9, rtol=0)
+    finally:
+        torch.set_default_dtype(torch.float32)
