@@ -42,6 +42,20 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a temporary file and a rename (readers never see half of it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 # torch 2.13 warns on every quantized-tensor creation; the paper's recipes and releases need them
 QUANTIZED_DEPRECATION = r"(torch\.quantize_per_tensor, torch\.quantize_per_channel and other|TypedStorage is deprecated)"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from . import training
-from .checkpoints import content_digest
+from .checkpoints import atomic_write_text, content_digest
 from .evaluation import evaluate, normalized_score, task_table
 from .planner import PlannerConfig
 
@@ -77,7 +76,7 @@ def finish_run(model, P: dict[str, Any], episodes: pd.DataFrame) -> dict:
     """Write ``episodes.csv`` and the one-row ``result.json`` (last: it marks the run complete)."""
     d = run_dir(P)
     episodes.to_csv(d / "episodes.csv", index=False)
-    metrics = pd.read_csv(d / "metrics.csv")
+    metrics = training.read_metrics(d)
     result = {"run": d.name, **run_key(P), "teacher_path": str(P["teacher"]) if P["d_coef"] > 0 else None,
               "score": round(normalized_score(episodes), 3),
               "tasks": {t: round(v, 3) for t, v in task_table(episodes)["score"].items()},
@@ -85,10 +84,7 @@ def finish_run(model, P: dict[str, Any], episodes: pd.DataFrame) -> dict:
               "updates_per_s": round(float(metrics.updates_per_s.median()), 2),
               "eval_s": round(episodes.attrs.get("wall_s", float("nan")), 1),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".result.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, d / "result.json")
+    atomic_write_text(d / "result.json", json.dumps(result, indent=1))
     return result
 
 

@@ -45,7 +45,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ import pandas as pd
 import torch
 
 from . import data, online, training
-from .checkpoints import FORMAT, atomic_save, load_checkpoint
+from .checkpoints import FORMAT, atomic_save, atomic_write_text, load_checkpoint
 from .config import MT_MINI
 from .evaluation import evaluate, normalized_score, task_table
 from .planner import PlannerConfig
@@ -257,11 +256,7 @@ def fp16_error(model: torch.nn.Module, loaded: torch.nn.Module, n: int = 256) ->
 
 # --------------------------------------------------------------------------------------- records
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _size(path: Path) -> int:

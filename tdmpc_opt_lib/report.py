@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checkpoints import atomic_write_text
 from .params import MT_MINI_DIR, PROFILES, REPO, profile_name
 
 NOTEBOOKS = REPO / "notebooks"
@@ -114,7 +115,7 @@ def headline(results: str | os.PathLike, reference: str | os.PathLike | None = M
 
 
 def index_page(pages: list[tuple[str, float | None]], results: Path, profile: str) -> str:
-    """HTML index: links to the notebook pages (with their run time when executed now) and every
+    """HTML index: links to the notebook pages (with the run time of their last build) and every
     ``*_summary.csv`` they wrote."""
     rows = "\n".join(f'<li><a href="{html.escape(name)}.html">{html.escape(name)}</a>'
                      f'{"" if sec is None else f" ({sec:.0f} s)"}</li>' for name, sec in pages)
@@ -149,8 +150,12 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
         to_html(executed)
         pages.append((nb.stem, time.perf_counter() - start))
         print(f"{nb.stem}: {pages[-1][1]:.0f} s -> {executed.with_suffix('.html')}")
-    # pages executed earlier (``only``) stay in the index
-    timed = dict(pages)
+    # pages executed earlier (``only``) stay in the index, with the run time recorded when they were built
+    times_file = results / "page_times.json"
+    timed = {**(json.loads(times_file.read_text()) if times_file.is_file() else {}),
+             **{name: round(sec, 1) for name, sec in pages}}
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(times_file, json.dumps(timed, indent=1, sort_keys=True) + "\n")
     listed = [(nb.stem, timed.get(nb.stem)) for nb in notebooks() if (out / f"{nb.stem}.html").is_file()]
     index = out / "index.html"
     index.write_text(index_page(listed, results, profile), encoding="utf-8")

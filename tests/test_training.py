@@ -211,3 +211,14 @@ def test_fused_kernels_match_eager_losses_and_gradients():
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
     for g_f, g_e in zip(outs[1][1], outs[0][1]):
         torch.testing.assert_close(g_f, g_e, rtol=1e-4, atol=1e-5)
+
+
+def test_deleted_training_log_gives_a_clear_error(dataset, tmp_path):
+    training.train(_cfg(dataset, tmp_path, steps=2), progress=False)
+    assert list(training.read_metrics(tmp_path).step) == [1, 2]
+    (tmp_path / "metrics.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="training log was deleted"):
+        training.read_metrics(tmp_path)
+    training.train(_cfg(dataset, tmp_path, steps=2), progress=False)   # the finished run loads; its log is empty
+    with pytest.raises(ValueError, match="no logged rows"):
+        training.read_metrics(tmp_path)
