@@ -8,6 +8,7 @@ score, gap to fp16 (with its standard error over tasks), planning latency per ac
 
     python benchmarks/quantized_mpc.py [--checkpoint PATH] [--schemes fp16,int8,paper-mixed,paper-int8]
         [--episodes 2] [--seed 0] [--procs 2] [--variant paper-int8=PATH ...] [--work DIR] [--out DIR]
+    python benchmarks/quantized_mpc.py --schemes int8 --pool 0,1     # episodes of several seeds, pooled
 
 Wall time on the project's 2-core machine: ~45 min per scheme (30 tasks x 2 episodes x 500 MPPI steps).
 """
@@ -52,6 +53,22 @@ def paired_difference(df: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, float
     return float(per_task.mean()), float(per_task.std(ddof=1) / np.sqrt(len(per_task)))
 
 
+def pooled(schemes: list[str], seeds: list[int], runs: Path) -> pd.DataFrame:
+    """Score and paired gap to fp16 with the episodes of several seeds pooled (``released_<scheme>_mpc_seed<S>.csv``
+    in ``runs``; a seed missing for a scheme is skipped for every scheme, so the comparison stays paired)."""
+    have = [s for s in seeds if all((runs / f"released_{k}_mpc_seed{s}.csv").is_file() for k in ["fp16", *schemes])]
+    if not have:
+        raise FileNotFoundError(f"no seed of {seeds} has per-episode CSVs for fp16 and {schemes} in {runs}")
+    frames = {k: pd.concat([pd.read_csv(runs / f"released_{k}_mpc_seed{s}.csv") for s in have], ignore_index=True)
+              for k in ["fp16", *schemes]}
+    rows = []
+    for k, df in frames.items():
+        gap, se = paired_difference(df, frames["fp16"]) if k != "fp16" else (float("nan"), float("nan"))
+        rows.append({"scheme": k, "seeds": ",".join(map(str, have)), "episodes": len(df), "score": normalized_score(df),
+                     "vs_fp16": gap, "vs_fp16_se": se})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=RELEASED, help="float/fp16 student to quantize")
@@ -62,8 +79,13 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME=PATH: evaluate this file for scheme NAME")
     ap.add_argument("--work", type=Path, default=ROOT / "reports" / "results" / "quantized" / "mpc")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "runs")
+    ap.add_argument("--pool", default=None, help="SEEDS (e.g. 0,1): only print the pooled table of runs already in --out")
     args = ap.parse_args()
     schemes = args.schemes.split(",")
+    if args.pool:
+        table = pooled([s for s in schemes if s != "fp16"], [int(x) for x in args.pool.split(",")], args.out)
+        print(table.round(2).to_string(index=False))
+        return
     if unknown := [s for s in schemes if s not in quantize.SCHEMES]:
         ap.error(f"unknown schemes {unknown}; known: {', '.join(quantize.SCHEMES)}")
     given = dict(v.split("=", 1) for v in args.variant)
