@@ -154,11 +154,10 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
     times_file = results / "page_times.json"
     timed = {**(json.loads(times_file.read_text()) if times_file.is_file() else {}),
              **{name: round(sec, 1) for name, sec in pages}}
-    results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(times_file, json.dumps(timed, indent=1, sort_keys=True) + "\n")
     listed = [(nb.stem, timed.get(nb.stem)) for nb in notebooks() if (out / f"{nb.stem}.html").is_file()]
     index = out / "index.html"
-    index.write_text(index_page(listed, results, profile), encoding="utf-8")
+    atomic_write_text(index, index_page(listed, results, profile))
     print(f"report: {index}")
     return index
 

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import losses
-from .checkpoints import CheckpointError, atomic_save, content_digest, load_checkpoint, save_checkpoint
+from .checkpoints import (CheckpointError, atomic_save, atomic_write_text, content_digest, load_checkpoint,
+                          save_checkpoint)
 from .config import ModelConfig, model_config, task_set
 from .data import Dataset, WindowSampler
 from .world_model import WorldModel
@@ -243,10 +243,7 @@ class MetricsCSV:
                 raise ValueError(f"{path} has different columns than this trainer writes; move it away")
             rows = [ln for ln in lines[1:-1]
                     if ln.count(",") == len(columns) - 1 and int(ln.split(",")[0]) <= keep_until]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join([",".join(columns), *rows]) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, "\n".join([",".join(columns), *rows]) + "\n")
 
     def append(self, row: dict) -> None:
         line = ",".join("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
