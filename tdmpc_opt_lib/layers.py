@@ -20,7 +20,7 @@ class SimNorm(nn.Module):
         return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
 
 
-def dropout_scale(shape: torch.Size, p: float, device: torch.device | None = None,
+def dropout_scale(shape: torch.Size, p: float, device: torch.device | None = None, dtype: torch.dtype | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Inverted-dropout multipliers: each element independently 0 with probability ``p``, else ``1/(1-p)``.
 
@@ -30,7 +30,7 @@ def dropout_scale(shape: torch.Size, p: float, device: torch.device | None = Non
     if not 0 < p < 1:
         raise ValueError(f"dropout probability must be in (0, 1), got {p}")
     n = pymath.prod(shape)
-    scale = torch.full(shape, 1 / (1 - p), device=device)
+    scale = torch.full(shape, 1 / (1 - p), device=device, dtype=dtype)
     expected = n * p
     draw, last, dropped = int(expected + 6 * pymath.sqrt(expected) + 16), -1, []
     while last < n:
@@ -47,7 +47,7 @@ def dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p
                     pre_bias: torch.Tensor | None = None) -> torch.Tensor:
     """(+ ``pre_bias``, the linear layer's bias) → Dropout(p) → LayerNorm over the last dim (affine ``weight``,
     ``bias``, broadcast) → Mish."""
-    return _ln_mish(y, weight, bias, dropout_scale(y.shape, p, y.device) if p and training else None, pre_bias)
+    return _ln_mish(y, weight, bias, dropout_scale(y.shape, p, y.device, y.dtype) if p and training else None, pre_bias)
 
 
 def _ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None = None,
@@ -76,7 +76,7 @@ def fused_dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         # one code object serves every variant (rank, grad mode, Parameter or Tensor): allow their guards
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _FUSED = torch.compile(_ln_mish, dynamic=True)
-    return _FUSED(y, weight, bias, dropout_scale(y.shape, p, y.device) if p and training else None, pre_bias)
+    return _FUSED(y, weight, bias, dropout_scale(y.shape, p, y.device, y.dtype) if p and training else None, pre_bias)
 
 
 class NormedLinear(nn.Linear):
