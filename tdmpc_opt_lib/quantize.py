@@ -11,15 +11,21 @@ weights (|w| < 0.5) become 0: the collapse behind the paper's int8 and mixed sco
 
 - ``fp32`` / ``fp16`` / ``bf16``: every float tensor stored in that dtype, loaded as float32.
 - ``int8``: every matmul weight (Linear, and the stacked Q ensemble per head) as int8 with symmetric
-  per-output-channel scales, stored as ``<layer>.weight`` (int8) + ``<layer>.weight_scale`` (fp32).
-  LayerNorm parameters, biases and the task embedding stay **fp32**: they are ~1.5 % of the parameters
-  (~0.1 MiB for the size-1 MT30 model) and fp32 keeps them exact for any model. Loaded with the weights
-  dequantized (weight-only quantization: the matmuls run in fp32).
-- ``int8-dynamic``: the same file; the loader swaps every online layer for :class:`Int8Linear` /
+  per-output-channel scales (``max|w_row| / 127``), stored as ``<layer>.weight`` (int8) +
+  ``<layer>.weight_scale`` (fp32), except the encoder's observation layer (:func:`observation_layers`,
+  ~1.5 % of the size-1 weights), stored fp16: it reads raw observations (entries of several units), and
+  its int8 rounding alone moved the released student's policy mean by 14 % (relative RMS) on real
+  observations. The integers are chosen by GPTQ (:func:`gptq_per_channel`: rounding column by column,
+  each error compensated on the columns not yet rounded, weighted by the layer's input second moments
+  :func:`layer_hessians` measured on :func:`calibration_rollouts`); without calibration data, by rounding
+  to nearest. LayerNorm parameters, biases and the task embedding are stored fp16 (~1 % of the parameters;
+  the released student's are fp16 already). Loaded with the weights dequantized (weight-only quantization:
+  the matmuls run in fp32).
+- ``int8-dynamic``: the same file; the loader swaps every online layer stored int8 for :class:`Int8Linear` /
   :class:`Int8EnsembleLinear`, whose matmuls run in int8 (``torch._int_mm``, int32 accumulation) on
   activations quantized per row at run time. Biases, LayerNorm, Mish, SimNorm and the target Qs stay fp32.
   The batched :class:`~tdmpc_opt_lib.planner.Planner` reads layer ``.weight`` tensors directly, so there
-  it gets the fp32 view of the int8 weights (only the encoder runs in int8); every WorldModel method
+  it gets the fp32 view of the int8 weights (only the encoder's int8 layers run in int8); every WorldModel method
   (``encode``/``next``/``reward``/``pi``/``Q``, :func:`~tdmpc_opt_lib.planner.plan_reference`, acting
   with the policy prior) runs its matmuls in int8. ``torch.ao.quantization.quantize_dynamic`` is not used:
   on torch 2.13 it warns it is deprecated (to be replaced by torchao), is per-tensor by default and only
@@ -173,9 +179,19 @@ def matmul_layers(model: WorldModel) -> list[str]:
             if isinstance(m, (nn.Linear, EnsembleLinear)) and not n.startswith("_target_Qs.")]
 
 
+def observation_layers(model: WorldModel) -> list[str]:
+    """The encoders' first layers (they read raw observations): kept fp16 by the int8 schemes."""
+    return [f"_encoder.{key}.0" for key in model._encoder]
+
+
 def to_int8_dynamic(model: WorldModel, stored: dict[str, torch.Tensor] | None = None) -> WorldModel:
-    """Swap (in place) every online matmul layer for its int8 version; ``stored``: a file's int8 weights + scales."""
+    """Swap (in place) the online matmul layers stored int8 (``stored``: a file's weights + scales; None:
+    every layer but :func:`observation_layers`, rounded to nearest) for their int8 versions."""
     for name in matmul_layers(model):
+        if stored is None and name in observation_layers(model):
+            continue
+        if stored is not None and stored[f"{name}.weight"].dtype != torch.int8:
+            continue
         layer = model.get_submodule(name)
         q, s = (stored[f"{name}.weight"], stored[f"{name}.weight_scale"]) if stored else quantize_per_channel(layer.weight)
         new = Int8EnsembleLinear(layer, q, s) if isinstance(layer, EnsembleLinear) else Int8Linear(layer, q, s)
@@ -184,12 +200,107 @@ def to_int8_dynamic(model: WorldModel, stored: dict[str, torch.Tensor] | None = 
     return model
 
 
+# ------------------------------------------------------------------------------ GPTQ rounding
+@torch.no_grad()
+def calibration_rollouts(model: WorldModel, steps: int = 60, seed: int = 0, noise: float = 0.3) -> Inputs:
+    """Real (obs, action, task) rows: one episode start per task of the model's set, acted on for ``steps``
+    steps with the policy prior's mean plus Gaussian noise (std ``noise``, clamped to [-1, 1])."""
+    from .envs import MultiTaskEnv
+    from .evaluation import episode_seed, policy_actions
+
+    g = torch.Generator().manual_seed(seed)
+    envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, 0)) for t in model.cfg.tasks.tasks]
+    task = torch.tensor([env.task_id for env in envs])
+    mask = model.action_mask(task)
+    obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
+    rows_obs, rows_act = [], []
+    for _ in range(steps):
+        act = (policy_actions(model, obs, task) + noise * torch.randn(mask.shape, generator=g)).clamp(-1, 1) * mask
+        rows_obs.append(obs)
+        rows_act.append(act)
+        obs = torch.from_numpy(np.stack([env.step(a.numpy().astype(np.float64))[0] for env, a in zip(envs, act)]))
+    return torch.cat(rows_obs), torch.cat(rows_act), task.repeat(steps)
+
+
+@torch.no_grad()
+def layer_hessians(model: WorldModel, inputs: Inputs, horizon: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``Σ x xᵀ`` (float64) of every online matmul layer's inputs while the model works as the planner
+    uses it: encode ``obs``; then ``horizon`` latent steps (the given actions first, uniform random ones
+    after), each evaluating reward, next latent, the policy and every Q head on the action and on the
+    policy's. Ensembles get one matrix per head ``[heads, in, in]``."""
+    g = torch.Generator().manual_seed(seed)
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def accumulate(module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+            x = args[0].double()
+            if isinstance(module, EnsembleLinear):
+                x = x.expand(module.weight.shape[0], *x.shape[-2:]) if x.dim() == 2 else x
+                xx = torch.einsum("nbi,nbj->nij", x, x)
+            else:
+                x = x.reshape(-1, x.shape[-1])
+                xx = x.T @ x
+            sums[name] = sums[name] + xx if name in sums else xx
+        return accumulate
+
+    obs, action, task = inputs
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in matmul_layers(model)]
+    try:
+        mask = model.action_mask(task)
+        z = model.encode(obs, task)
+        for h in range(horizon):
+            a = action if h == 0 else (torch.rand(action.shape, generator=g) * 2 - 1) * mask
+            model.reward(z, a, task)
+            model.Q(z, a, task, "all")
+            model.Q(z, model.pi(z, task, g)[0], task, "all")
+            z = model.next(z, a, task)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sums
+
+
+def calibration_hessians(model: WorldModel, steps: int = 60, seed: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`layer_hessians` on :func:`calibration_rollouts` (about 6 s for MT30 on 2 cores)."""
+    return layer_hessians(model, calibration_rollouts(model, steps, seed), seed=seed)
+
+
+def gptq_per_channel(w: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ (Frantar et al., 2023) on the per-channel int8 grid of :func:`quantize_per_channel` (same scales).
+
+    ``w [out, in]``, ``hessian [in, in] = Σ x xᵀ`` of the layer's inputs. Columns are rounded in order of
+    decreasing input energy; each column's rounding error is spread over the columns not yet rounded so that
+    the layer's output error ``‖X (ŵ − w)ᵀ‖`` stays small (the inverse-Hessian Cholesky update), with
+    ``damp`` × mean diagonal added for stability. Returns ``(q int8, scale fp32)``.
+    """
+    if w.dim() == 3:  # stacked ensemble: one Hessian per head
+        pairs = [gptq_per_channel(w[i], hessian[i], damp) for i in range(w.shape[0])]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    _, scale = quantize_per_channel(w)
+    H = hessian.double().clone()
+    dead = torch.diagonal(H) == 0  # inputs always 0: rounded to nearest, nothing to compensate
+    H[dead, dead] = 1
+    order = torch.argsort(torch.diagonal(H), descending=True)
+    W, H = w.detach().double()[:, order].clone(), H[order][:, order]
+    H += damp * torch.diagonal(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    s = scale.double()
+    q = torch.empty_like(W)
+    for i in range(W.shape[1]):
+        q[:, i] = torch.round(W[:, i] / s).clamp(-127, 127)
+        err = (W[:, i] - q[:, i] * s) / U[i, i]
+        W[:, i + 1:] -= err[:, None] * U[i, i + 1:][None, :]
+    return q[:, torch.argsort(order)].to(torch.int8), scale
+
+
 # ------------------------------------------------------------------------------ our schemes
 def quantize_state(model: WorldModel, scheme: str, fp16_layers: list[str] | tuple[str, ...] = (),
-                   deployable: bool = False) -> dict[str, torch.Tensor]:
+                   deployable: bool = False, hessians: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The state dict a scheme of ours stores (module names of :class:`WorldModel`).
 
-    ``fp16_layers`` (``mixed`` only): online layers kept in fp16; their target-Q copies follow them.
+    ``fp16_layers`` (``mixed`` only): online layers kept in fp16 besides :func:`observation_layers`; their
+    target-Q copies follow them. ``hessians`` (:func:`layer_hessians`): int8 layers that have one are
+    rounded by :func:`gptq_per_channel` (target Qs with their online layer's), the others to nearest.
     ``deployable`` drops the target Qs.
     """
     if any(isinstance(m, (Int8Linear, Int8EnsembleLinear)) for m in model.modules()):
@@ -204,15 +315,16 @@ def quantize_state(model: WorldModel, scheme: str, fp16_layers: list[str] | tupl
     if scheme in STORAGE_DTYPES:
         return {k: v.to(STORAGE_DTYPES[scheme]) if v.is_floating_point() else v for k, v in sd.items()}
     weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, EnsembleLinear))}
-    keep = {f"{n}.weight" for n in fp16_layers if scheme == "mixed"}
+    keep = {f"{n}.weight" for n in [*observation_layers(model), *(fp16_layers if scheme == "mixed" else ())]}
+    hessians = hessians or {}
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if k.replace("_target_Qs.", "_Qs.", 1) in keep:
-            out[k] = v.half()
-        elif k in weights:
-            out[k], out[f"{k}_scale"] = quantize_per_channel(v)
+        online = k.replace("_target_Qs.", "_Qs.", 1)
+        if k in weights and online not in keep:
+            h = hessians.get(online.removesuffix(".weight"))
+            out[k], out[f"{k}_scale"] = quantize_per_channel(v) if h is None else gptq_per_channel(v, h)
         else:
-            out[k] = v.float() if v.is_floating_point() else v
+            out[k] = v.half() if v.is_floating_point() else v
     return out
 
 
@@ -231,26 +343,37 @@ def dequantize_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _calibrated(scheme: str) -> bool:
+    return scheme in ("int8", "int8-dynamic", "mixed")
+
+
 def quantized_checkpoint(model: WorldModel, scheme: str, deployable: bool = False,
-                         fp16_layers: list[str] | None = None, inputs: Inputs | None = None) -> dict:
-    """The object a scheme's file holds. ``mixed`` without ``fp16_layers`` runs :func:`mixed_plan` on ``inputs``."""
+                         fp16_layers: list[str] | None = None, inputs: Inputs | None = None,
+                         hessians: dict[str, torch.Tensor] | None = None) -> dict:
+    """The object a scheme's file holds. ``mixed`` without ``fp16_layers`` runs :func:`mixed_plan` on ``inputs``;
+    int8 schemes without ``hessians`` measure them (:func:`calibration_hessians`; pass ``{}`` to round to nearest)."""
     if scheme in PAPER_RECIPES:
         sd = {k: v.detach().cpu() for k, v in to_public(model, "old").items()
               if not (deployable and k.startswith("_target_Qs."))}
         return {"model": PAPER_RECIPES[scheme](sd)}
     if scheme == "mixed" and fp16_layers is None:
         fp16_layers = mixed_plan(model, inputs=inputs)[0]
-    obj = {"model": quantize_state(model, scheme, fp16_layers or (), deployable), "config": model.cfg.to_dict(),
-           "format": FORMAT, "quantized": scheme, "deployable": deployable}
+    if _calibrated(scheme) and hessians is None:
+        hessians = calibration_hessians(model)
+    obj = {"model": quantize_state(model, scheme, fp16_layers or (), deployable, hessians),
+           "config": model.cfg.to_dict(), "format": FORMAT, "quantized": scheme, "deployable": deployable}
     if scheme == "mixed":
         obj["fp16_layers"] = list(fp16_layers)
+    if _calibrated(scheme):
+        obj["rounding"] = "gptq" if hessians else "nearest"
     return obj
 
 
 def save_quantized(model: WorldModel, scheme: str, path: str | os.PathLike, deployable: bool = False,
-                   fp16_layers: list[str] | None = None, inputs: Inputs | None = None) -> dict:
+                   fp16_layers: list[str] | None = None, inputs: Inputs | None = None,
+                   hessians: dict[str, torch.Tensor] | None = None) -> dict:
     """Write a scheme's file atomically; returns what was written."""
-    obj = quantized_checkpoint(model, scheme, deployable, fp16_layers, inputs)
+    obj = quantized_checkpoint(model, scheme, deployable, fp16_layers, inputs, hessians)
     atomic_save(obj, path)
     return obj
 
@@ -309,15 +432,17 @@ def load_model(path: str | os.PathLike, task_set: str | None = None, model_size:
 
 # ------------------------------------------------------------------------------ safetensors export
 def export_safetensors(model: WorldModel, scheme: str, out_dir: str | os.PathLike,
-                       fp16_layers: list[str] | None = None, inputs: Inputs | None = None) -> Path:
-    """Inference export without pickle: ``model.safetensors`` (deployable tensors; int8 + fp32 scales)
+                       fp16_layers: list[str] | None = None, inputs: Inputs | None = None,
+                       hessians: dict[str, torch.Tensor] | None = None) -> Path:
+    """Inference export without pickle: ``model.safetensors`` (deployable tensors as the ``.pt`` file stores them)
     and ``config.json`` (config, scheme); read back by :func:`load_safetensors`."""
     from safetensors.torch import save_file
 
     if scheme not in OUR_SCHEMES:
         raise ValueError(f"safetensors export supports {', '.join(OUR_SCHEMES)}; the paper recipes store "
                          "torch quantized tensors, which safetensors cannot hold")
-    obj = quantized_checkpoint(model, scheme, deployable=True, fp16_layers=fp16_layers, inputs=inputs)
+    obj = quantized_checkpoint(model, scheme, deployable=True, fp16_layers=fp16_layers, inputs=inputs,
+                               hessians=hessians)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in obj["model"].items()}, out / "model.safetensors")
@@ -400,15 +525,17 @@ def tensor_bytes(sd: dict) -> int:
 
 def mixed_plan(model: WorldModel, budget_mib: float | None = None,
                inputs: Inputs | None = None) -> tuple[list[str], pd.DataFrame]:
-    """Layers to keep in fp16: the most sensitive first, each kept if the full checkpoint's tensor bytes
-    stay within ``budget_mib`` (default ``MIXED_BUDGET_RATIO`` × the fp16 size). Returns (layers, sensitivity)."""
+    """Layers to keep in fp16 besides :func:`observation_layers` (fp16 in every int8 scheme): the most
+    sensitive first, each kept if the full checkpoint's tensor bytes stay within ``budget_mib`` (default
+    ``MIXED_BUDGET_RATIO`` × the fp16 size). Returns (layers, sensitivity with an ``fp16`` column)."""
     sens = layer_sensitivity(model, inputs)
     budget = budget_mib * MiB if budget_mib is not None else MIXED_BUDGET_RATIO * tensor_bytes(quantize_state(model, "fp16"))
+    base = observation_layers(model)
     keep: list[str] = []
     for name in sens["layer"]:
-        if tensor_bytes(quantize_state(model, "mixed", keep + [name])) <= budget:
+        if name not in base and tensor_bytes(quantize_state(model, "mixed", keep + [name])) <= budget:
             keep.append(name)
-    sens["fp16"] = sens["layer"].isin(keep)
+    sens["fp16"] = sens["layer"].isin(keep + base)
     return keep, sens
 
 
@@ -420,16 +547,19 @@ def deploy_path(path: str | os.PathLike) -> Path:
 
 
 def write_variant(model: WorldModel, scheme: str, path: str | os.PathLike, fp16_layers: list[str] | None = None,
-                  inputs: Inputs | None = None) -> dict:
-    """Write a scheme's full file at ``path`` and its deployable file (no target Qs) at :func:`deploy_path`.
+                  inputs: Inputs | None = None, hessians: dict[str, torch.Tensor] | None = None) -> dict:
+    """Write a scheme's full file at ``path`` and its deployable file (no target Qs) at :func:`deploy_path`
+    (``hessians`` as in :func:`quantized_checkpoint`, measured once for both).
 
     Returns sizes in MiB: on disk (``full_mib``, ``deployable_mib``) and tensor bytes (``*_tensor_mib``).
     """
     if scheme == "mixed" and fp16_layers is None:
         fp16_layers = mixed_plan(model, inputs=inputs)[0]
+    if _calibrated(scheme) and hessians is None:
+        hessians = calibration_hessians(model)
     row: dict = {"scheme": scheme}
     for kind, p, deployable in (("full", Path(path), False), ("deployable", deploy_path(path), True)):
-        obj = save_quantized(model, scheme, p, deployable, fp16_layers)
+        obj = save_quantized(model, scheme, p, deployable, fp16_layers, hessians=hessians)
         row[f"{kind}_mib"] = p.stat().st_size / MiB
         row[f"{kind}_tensor_mib"] = tensor_bytes(obj["model"]) / MiB
         row[f"{kind}_path"] = str(p)
@@ -488,10 +618,11 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
         raise ValueError(f"unknown schemes {unknown}; known: {', '.join(SCHEMES)}")
     inputs = inputs or calibration_inputs(model)
     ref = predictions(copy.deepcopy(model).eval(), *inputs)
+    hessians = calibration_hessians(model) if any(map(_calibrated, schemes)) else None
     out_dir = Path(out_dir)
     rows, episodes = [], []
     for scheme in schemes:
-        row = write_variant(model, scheme, out_dir / f"{scheme}.pt", inputs=inputs)
+        row = write_variant(model, scheme, out_dir / f"{scheme}.pt", inputs=inputs, hessians=hessians)
         loaded = load_variant(row["full_path"], scheme, model.cfg)
         row.update(prediction_errors(ref, predictions(loaded, *inputs)))
         if eval_kwargs is not None:
@@ -534,12 +665,15 @@ def _cli(args: argparse.Namespace) -> None:
     if args.scheme == "mixed":
         fp16_layers, sens = mixed_plan(model, args.budget_mib)
         print(sens[["layer", "params", "score", "fp16"]].to_string(index=False))
-    row = write_variant(model, args.scheme, args.out, fp16_layers)
+    hessians = None
+    if _calibrated(args.scheme):
+        hessians = {} if args.rounding == "nearest" else calibration_hessians(model)
+    row = write_variant(model, args.scheme, args.out, fp16_layers, hessians=hessians)
     for kind in ("full", "deployable"):
         print(f"{args.scheme} {kind:<10} {row[f'{kind}_mib']:7.3f} MiB on disk, "
               f"{row[f'{kind}_tensor_mib']:7.3f} MiB of tensors -> {row[f'{kind}_path']}")
     if args.export_safetensors:
-        out = export_safetensors(model, args.scheme, args.export_safetensors, fp16_layers)
+        out = export_safetensors(model, args.scheme, args.export_safetensors, fp16_layers, hessians=hessians)
         size = sum(f.stat().st_size for f in out.iterdir()) / MiB
         print(f"safetensors export {size:7.3f} MiB on disk -> {out}")
 
@@ -553,5 +687,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--export-safetensors", default=None, metavar="DIR", help="also write a safetensors inference export")
     p.add_argument("--budget-mib", type=float, default=None, help="mixed: tensor-size budget of the full file "
                    f"(default {MIXED_BUDGET_RATIO:.3f} x the fp16 size)")
+    p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                   help="int8 schemes: GPTQ on calibration rollouts in the model's environments (default), "
+                   "or round to nearest (no environments needed)")
     p.add_argument("--task-set", default=None, help="task set of a public checkpoint (default mt30)")
     p.set_defaults(func=_cli)
