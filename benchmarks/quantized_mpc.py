@@ -4,7 +4,9 @@ For each scheme: write the variant (``quantize.write_variant``; ``--variant NAME
 file instead, e.g. the paper's released int8/mixed files), evaluate it with the CLI in ``--procs``
 single-thread processes over contiguous task groups (a group whose CSV exists is skipped, so a killed run
 resumes), then merge per-episode CSVs and print/write the summary: sizes (full / deployable), normalized
-score, gap to fp16 (with its standard error over tasks), planning latency per action (compiled planner, one environment).
+score, gap to fp16 (with its standard error over tasks; fp16's episodes of the same seed may come from an
+earlier run in ``--out``), planning latency per action (compiled planner, one environment). Rows of schemes
+not re-run stay in the seed's summary.
 
     python benchmarks/quantized_mpc.py [--checkpoint PATH] [--schemes fp16,int8,paper-mixed,paper-int8]
         [--episodes 2] [--seed 0] [--procs 2] [--variant paper-int8=PATH ...] [--work DIR] [--out DIR]
@@ -92,12 +94,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(args.checkpoint)
     tasks = list(model.cfg.tasks.tasks)
-    rows, results = [], {}
+    rows = []
     for scheme in schemes:
         row = quantize.write_variant(model, scheme, args.work / f"{scheme}.pt")
         file = Path(given.get(scheme, row["full_path"]))
         df = evaluate_groups(scheme, file, tasks, args)
-        results[scheme] = df
         df.to_csv(args.out / f"released_{scheme}_mpc_seed{args.seed}.csv", index=False)
         loaded = quantize.load_model(file, task_set=",".join(tasks))
         rows.append({"scheme": scheme, "file": file.name, "full_mib": row["full_mib"],
@@ -105,11 +106,17 @@ def main() -> None:
                      "plan_ms": quantize.planning_latency_ms(loaded, steps=10, compile=True)})
         print(f"{scheme:<12} {rows[-1]['score']:6.2f}  ({file.name})", flush=True)
     table = pd.DataFrame(rows)
-    if "fp16" in results:
-        paired = [paired_difference(results[s], results["fp16"]) for s in table.scheme]
-        table["vs_fp16"], table["vs_fp16_se"] = zip(*paired)
     table.insert(1, "protocol", f"MPPI, {len(tasks)} tasks x {args.episodes} episodes, seed {args.seed}")
     out = args.out / f"quantization_released_mpc_seed{args.seed}.csv"   # read by quantize.recorded_table
+    if out.is_file():  # schemes evaluated earlier at this seed keep their rows; re-run ones are replaced
+        earlier = pd.read_csv(out)
+        table = pd.concat([earlier[~earlier.scheme.isin(table.scheme)], table], ignore_index=True)
+    episodes = [args.out / f"released_{s}_mpc_seed{args.seed}.csv" for s in table.scheme]
+    fp16_file = args.out / f"released_fp16_mpc_seed{args.seed}.csv"
+    if fp16_file.is_file():
+        fp16 = pd.read_csv(fp16_file)
+        paired = [paired_difference(pd.read_csv(f), fp16) if f.is_file() else (np.nan, np.nan) for f in episodes]
+        table["vs_fp16"], table["vs_fp16_se"] = zip(*paired)
     table.round(4).to_csv(out, index=False)
     print(table.round(2).to_string(index=False), f"\nwrote {out}", sep="\n")
 
