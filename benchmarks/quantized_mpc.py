@@ -48,29 +48,6 @@ def evaluate_groups(scheme: str, file: Path, tasks: list[str], args: argparse.Na
     return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
 
 
-def paired_difference(df: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, float]:
-    """Normalized-score difference to ``ref`` on the same tasks/episodes/seeds, and its standard error
-    over tasks (the per-task mean differences are the paired samples)."""
-    per_task = (df.groupby("task")["score"].mean() - ref.groupby("task")["score"].mean()).dropna()
-    return float(per_task.mean()), float(per_task.std(ddof=1) / np.sqrt(len(per_task)))
-
-
-def pooled(schemes: list[str], seeds: list[int], runs: Path) -> pd.DataFrame:
-    """Score and paired gap to fp16 with the episodes of several seeds pooled (``released_<scheme>_mpc_seed<S>.csv``
-    in ``runs``; a seed missing for a scheme is skipped for every scheme, so the comparison stays paired)."""
-    have = [s for s in seeds if all((runs / f"released_{k}_mpc_seed{s}.csv").is_file() for k in ["fp16", *schemes])]
-    if not have:
-        raise FileNotFoundError(f"no seed of {seeds} has per-episode CSVs for fp16 and {schemes} in {runs}")
-    frames = {k: pd.concat([pd.read_csv(runs / f"released_{k}_mpc_seed{s}.csv") for s in have], ignore_index=True)
-              for k in ["fp16", *schemes]}
-    rows = []
-    for k, df in frames.items():
-        gap, se = paired_difference(df, frames["fp16"]) if k != "fp16" else (float("nan"), float("nan"))
-        rows.append({"scheme": k, "seeds": ",".join(map(str, have)), "episodes": len(df), "score": normalized_score(df),
-                     "vs_fp16": gap, "vs_fp16_se": se})
-    return pd.DataFrame(rows)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=RELEASED, help="float/fp16 student to quantize")
@@ -85,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     schemes = args.schemes.split(",")
     if args.pool:
-        table = pooled([s for s in schemes if s != "fp16"], [int(x) for x in args.pool.split(",")], args.out)
+        table = quantize.pooled_runs(args.out, [s for s in schemes if s != "fp16"], [int(x) for x in args.pool.split(",")])
         print(table.round(2).to_string(index=False))
         return
     if unknown := [s for s in schemes if s not in quantize.SCHEMES]:
@@ -115,7 +92,7 @@ def main() -> None:
     fp16_file = args.out / f"released_fp16_mpc_seed{args.seed}.csv"
     if fp16_file.is_file():
         fp16 = pd.read_csv(fp16_file)
-        paired = [paired_difference(pd.read_csv(f), fp16) if f.is_file() else (np.nan, np.nan) for f in episodes]
+        paired = [quantize.paired_difference(pd.read_csv(f), fp16) if f.is_file() else (np.nan, np.nan) for f in episodes]
         table["vs_fp16"], table["vs_fp16_se"] = zip(*paired)
     table.round(4).to_csv(out, index=False)
     print(table.round(2).to_string(index=False), f"\nwrote {out}", sep="\n")

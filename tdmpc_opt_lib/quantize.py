@@ -57,7 +57,10 @@ from . import math
 from .checkpoints import (FORMAT, QUANTIZED_DEPRECATION, CheckpointError, atomic_save, check_state_dict,
                           is_quantized_file, load_checkpoint, model_from_file_object, read_file, to_public)
 from .config import ModelConfig, task_set as resolve_task_set
+from .envs import MultiTaskEnv
+from .evaluation import evaluate, normalized_score, policy_actions
 from .layers import EnsembleLinear
+from .planner import Planner
 from .world_model import WorldModel
 
 MiB = 2 ** 20
@@ -207,9 +210,6 @@ def calibration_rollouts(model: WorldModel, steps: int = 60, seed: int = 0, nois
     """Real (obs, action, task) rows: one episode start per task of the model's set, acted on for ``steps``
     steps with the policy prior's mean plus Gaussian noise (std ``noise``, clamped to [-1, 1]). The
     environments are seeded ``CALIBRATION_ENV_SEED + seed``, apart from every evaluation episode's seed."""
-    from .envs import MultiTaskEnv
-    from .evaluation import policy_actions
-
     g = torch.Generator().manual_seed(seed)
     envs = [MultiTaskEnv(t, model.cfg.tasks, seed=CALIBRATION_ENV_SEED + seed) for t in model.cfg.tasks.tasks]
     task = torch.tensor([env.task_id for env in envs])
@@ -578,8 +578,6 @@ def load_variant(path: str | os.PathLike, scheme: str, model_cfg: ModelConfig) -
 def planning_latency_ms(model: WorldModel, planner_cfg=None, steps: int = 10, compile: bool = False) -> float:
     """Median wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment
     (eager unless ``compile``; compiling happens in the warm-up calls)."""
-    from .planner import Planner
-
     planner = Planner(model, planner_cfg, seed=0, compile=compile)
     obs, task = torch.zeros(1, model.cfg.obs_dim), torch.zeros(1, dtype=torch.long)
     for t in range(3 if compile else 1):  # warm-up
@@ -613,8 +611,6 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
     latency per action, with ``eval_kwargs["planner_cfg"]``) and ``forward_ms`` (:func:`forward_latency_ms`);
     with ``return_episodes`` it returns ``(table, per-episode results of all schemes with a scheme column)``.
     """
-    from .evaluation import evaluate, normalized_score
-
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown:
         raise ValueError(f"unknown schemes {unknown}; known: {', '.join(SCHEMES)}")
@@ -655,10 +651,38 @@ def recorded_table(path: str | os.PathLike) -> pd.DataFrame | None:
     return table
 
 
+def paired_difference(df: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, float]:
+    """Normalized-score difference of per-episode results ``df`` to ``ref`` (same tasks, episodes, seeds) and
+    its standard error over tasks: the per-task mean differences are the paired samples."""
+    per_task = (df.groupby("task")["score"].mean() - ref.groupby("task")["score"].mean()).dropna()
+    return float(per_task.mean()), float(per_task.std(ddof=1) / np.sqrt(len(per_task)))
+
+
+def pooled_runs(runs: str | os.PathLike, schemes: list[str] | tuple[str, ...] = ("int8",),
+                seeds: list[int] | None = None) -> pd.DataFrame:
+    """fp16 and ``schemes`` with the per-episode results of several seeds pooled (``released_<scheme>_mpc_seed<S>.csv``
+    in ``runs``, written by ``benchmarks/quantized_mpc.py``): score and paired gap to fp16 (± s.e.). Only the
+    seeds of ``seeds`` (None: any) that every scheme and fp16 have are used, so the comparison stays paired."""
+    runs = Path(runs)
+    names = ["fp16", *[s for s in schemes if s != "fp16"]]
+    found = sorted({int(f.stem.rsplit("seed", 1)[1]) for f in runs.glob("released_fp16_mpc_seed*.csv")})
+    have = [s for s in (found if seeds is None else seeds)
+            if all((runs / f"released_{k}_mpc_seed{s}.csv").is_file() for k in names)]
+    if not have:
+        raise FileNotFoundError(f"no seed of {seeds if seeds is not None else found} has per-episode CSVs "
+                                f"for {names} in {runs}")
+    frames = {k: pd.concat([pd.read_csv(runs / f"released_{k}_mpc_seed{s}.csv") for s in have], ignore_index=True)
+              for k in names}
+    rows = []
+    for k, df in frames.items():
+        gap, se = paired_difference(df, frames["fp16"]) if k != "fp16" else (float("nan"), float("nan"))
+        rows.append({"scheme": k, "seeds": ",".join(map(str, have)), "episodes": len(df),
+                     "score": normalized_score(df), "vs_fp16": gap, "vs_fp16_se": se})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------ command line
 def _cli(args: argparse.Namespace) -> None:
-    from .checkpoints import load_checkpoint
-
     if args.export_safetensors and args.scheme not in OUR_SCHEMES:
         raise ValueError(f"--export-safetensors needs a scheme of this library ({', '.join(OUR_SCHEMES)}): "
                          "the paper recipes store torch quantized tensors, which safetensors cannot hold")

@@ -344,3 +344,26 @@ def test_recorded_table(tmp_path):
     pd.DataFrame([{**row, "scheme": "int4"}]).to_csv(tmp_path / "bad2.csv", index=False)
     with pytest.raises(ValueError, match="unknown schemes"):
         Q.recorded_table(tmp_path / "bad2.csv")
+
+
+def test_pooled_runs_pairs_by_task(tmp_path):
+    def write(scheme: str, seed: int, scores: dict[str, list[float]]) -> None:
+        rows = [{"task": t, "episode": e, "seed": seed * 1000 + e, "return": 10 * s, "score": s, "steps": 500}
+                for t, ss in scores.items() for e, s in enumerate(ss)]
+        pd.DataFrame(rows).to_csv(tmp_path / f"released_{scheme}_mpc_seed{seed}.csv", index=False)
+
+    write("fp16", 0, {"a": [10, 20], "b": [50, 50], "c": [0, 0]})
+    write("int8", 0, {"a": [10, 10], "b": [40, 50], "c": [3, 3]})
+    write("fp16", 1, {"a": [30], "b": [50], "c": [0]})
+    write("int8", 1, {"a": [30], "b": [50], "c": [0]})
+    write("fp16", 2, {"a": [0], "b": [0], "c": [0]})          # no int8 at seed 2: left out of both schemes
+    table = Q.pooled_runs(tmp_path, ["int8"]).set_index("scheme")
+    assert table.loc["int8", "seeds"] == "0,1" and table.loc["fp16", "episodes"] == 9
+    assert table.loc["fp16", "score"] == pytest.approx((20 + 50 + 0) / 3)
+    # per-task pooled means: a 20 → 50/3, b 50 → 140/3, c 0 → 2; differences -10/3, -10/3, +2
+    d = np.array([-10 / 3, -10 / 3, 2])
+    assert table.loc["int8", "vs_fp16"] == pytest.approx(d.mean())
+    assert table.loc["int8", "vs_fp16_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert Q.pooled_runs(tmp_path, ["int8"], seeds=[1]).set_index("scheme").loc["int8", "vs_fp16"] == 0
+    with pytest.raises(FileNotFoundError, match="no seed of \\[2\\]"):
+        Q.pooled_runs(tmp_path, ["int8"], seeds=[2])
