@@ -496,10 +496,15 @@ def prediction_errors(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]
     return {f"err_{k}": (out[k] - ref[k]).abs().max().item() for k in ref}
 
 
+def relative_errors(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict[str, float]:
+    """RMS(error) / RMS(reference) per prediction, in percent (``rel_reward``, ``rel_q``, ...)."""
+    return {f"rel_{k}": 100 * ((out[k] - ref[k]).pow(2).mean() / ref[k].pow(2).mean().clamp(min=1e-12)).sqrt().item()
+            for k in ref}
+
+
 def _relative_rms(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> float:
     """Mean over predictions of RMS(error) / RMS(reference): one unitless sensitivity score."""
-    return float(np.mean([((out[k] - ref[k]).pow(2).mean() / ref[k].pow(2).mean().clamp(min=1e-12)).sqrt().item()
-                          for k in ref]))
+    return float(np.mean(list(relative_errors(ref, out).values()))) / 100
 
 
 @torch.no_grad()
@@ -601,12 +606,14 @@ def forward_latency_ms(model: WorldModel, inputs: Inputs, steps: int = 10) -> fl
 
 def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] = SCHEMES,
                        out_dir: str | os.PathLike = "quantized", eval_kwargs: dict | None = None,
-                       inputs: Inputs | None = None, latency_steps: int = 10,
+                       inputs: Inputs | None = None, latency_steps: int = 10, held_out: Inputs | None = None,
                        return_episodes: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame | None]:
     """Write, reload and measure each scheme; one row per scheme.
 
-    Columns: sizes (:func:`write_variant`), max prediction errors of the reloaded model vs ``model`` on
-    ``inputs`` (default :func:`calibration_inputs`), and, when ``eval_kwargs`` is given (keyword arguments
+    Columns: sizes (:func:`write_variant`), max prediction errors (``err_*``) of the reloaded model vs
+    ``model`` on ``inputs`` (default :func:`calibration_inputs`), relative RMS errors in % (``rel_*``) on
+    real observations ``held_out`` (default: :func:`calibration_rollouts` of seed 1, apart from the seed-0
+    rollouts GPTQ calibrates on), and, when ``eval_kwargs`` is given (keyword arguments
     of :func:`~tdmpc_opt_lib.evaluation.evaluate`), ``score`` (normalized score), ``plan_ms`` (Planner
     latency per action, with ``eval_kwargs["planner_cfg"]``) and ``forward_ms`` (:func:`forward_latency_ms`);
     with ``return_episodes`` it returns ``(table, per-episode results of all schemes with a scheme column)``.
@@ -616,6 +623,8 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
         raise ValueError(f"unknown schemes {unknown}; known: {', '.join(SCHEMES)}")
     inputs = inputs or calibration_inputs(model)
     ref = predictions(copy.deepcopy(model).eval(), *inputs)
+    held_out = held_out or calibration_rollouts(model, steps=40, seed=1)
+    ref_held = predictions(copy.deepcopy(model).eval(), *held_out)
     hessians = calibration_hessians(model) if any(map(_calibrated, schemes)) else None
     out_dir = Path(out_dir)
     rows, episodes = [], []
@@ -623,6 +632,7 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
         row = write_variant(model, scheme, out_dir / f"{scheme}.pt", inputs=inputs, hessians=hessians)
         loaded = load_variant(row["full_path"], scheme, model.cfg)
         row.update(prediction_errors(ref, predictions(loaded, *inputs)))
+        row.update(relative_errors(ref_held, predictions(loaded, *held_out)))
         if eval_kwargs is not None:
             episodes.append(evaluate(loaded, **eval_kwargs).assign(scheme=scheme))
             row["score"] = normalized_score(episodes[-1])

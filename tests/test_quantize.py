@@ -307,6 +307,12 @@ def test_released_table_golden(released, shared_dir, tmp_path):
     for scheme, (r, q, z) in tol.items():
         assert df.loc[scheme, "err_reward"] <= r and df.loc[scheme, "err_q"] <= q and df.loc[scheme, "err_next_z"] <= z
     assert df.loc["paper-int8", "err_reward"] > 100 and df.loc["paper-mixed", "err_q"] > 100  # the collapse
+    # on real observations (held-out rollouts) GPTQ int8 is as close to the float model as bf16 storage
+    # (measured 0.93 / 0.17 / 0.59 / 2.6 % vs bf16 0.29 / 0.22 / 0.40 / 2.7 %; per-channel rounding to
+    # nearest with an int8 observation layer: 5.2 / 0.75 / 2.6 / 16.6 %)
+    rel = df.loc["int8", ["rel_reward", "rel_q", "rel_next_z", "rel_pi_mean"]]
+    assert (rel <= [2.0, 0.5, 1.5, 5.0]).all(), rel
+    assert df.loc["paper-int8", "rel_pi_mean"] > 50
     assert 3.7 < df.loc["paper-fp16", "full_mib"] < 3.9 and df.loc["int8", "full_mib"] <= 2.0
 
 
@@ -330,6 +336,9 @@ def test_quantization_table_smoke(small_model, tmp_path):
                               latency_steps=1)
     assert list(df["scheme"]) == ["fp16", "int8-dynamic", "paper-int8"]
     assert df["score"].between(0, 100).all() and (df["plan_ms"] > 0).all() and (df["forward_ms"] > 0).all()
+    rel = df.set_index("scheme")[["rel_reward", "rel_q", "rel_next_z", "rel_pi_mean"]]
+    print("\n" + rel.to_string())
+    assert (rel.loc["fp16"] < 0.5).all() and (rel.loc["int8-dynamic"] > 2 * rel.loc["fp16"]).all()  # percent
     assert (df["deployable_mib"] < df["full_mib"]).all()
 
 
