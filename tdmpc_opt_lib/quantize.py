@@ -247,6 +247,8 @@ def layer_hessians(model: WorldModel, inputs: Inputs, horizon: int = 3, seed: in
 
     obs, action, task = inputs
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in matmul_layers(model)]
+    training = model.training
+    model.eval()  # no Q dropout
     try:
         mask = model.action_mask(task)
         z = model.encode(obs, task)
@@ -257,6 +259,7 @@ def layer_hessians(model: WorldModel, inputs: Inputs, horizon: int = 3, seed: in
             model.Q(z, model.pi(z, task, g)[0], task, "all")
             z = model.next(z, a, task)
     finally:
+        model.train(training)
         for handle in handles:
             handle.remove()
     return sums

@@ -122,6 +122,12 @@ def test_layer_hessians_and_rollouts(small_model):
         w = small_model.get_submodule(name).weight
         assert h.shape == (*w.shape[:-2], w.shape[-1], w.shape[-1]) and h.dtype == torch.float64, name
         assert torch.allclose(h, h.transpose(-1, -2)) and (torch.linalg.eigvalsh(h) > -1e-6 * h.abs().max()).all()
+    small_model.train()    # measured without Q dropout, and the model's mode is given back
+    try:
+        assert all(torch.equal(H[n], h) for n, h in Q.layer_hessians(small_model, (obs, action, task)).items())
+        assert small_model.training
+    finally:
+        small_model.eval()
     # the encoder's first layer saw exactly [obs, task embedding] of the 15 rows
     x = small_model.task_emb(obs, task).double()
     assert torch.allclose(H["_encoder.state.0"], x.T @ x)
