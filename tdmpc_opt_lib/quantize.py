@@ -694,6 +694,27 @@ def pooled_runs(runs: str | os.PathLike, schemes: list[str] | tuple[str, ...] = 
     return pd.DataFrame(rows)
 
 
+def recorded_pooled(runs: str | os.PathLike) -> pd.DataFrame | None:
+    """One row per scheme of this library or the paper recorded in ``runs`` by ``benchmarks/quantized_mpc.py``:
+    all its seeds pooled and compared with fp16 on those seeds (:func:`pooled_runs`), with the sizes and
+    planning latency of the highest seed's summary (``quantization_released_mpc_seed<S>.csv``) that has it.
+    None when nothing is recorded."""
+    runs = Path(runs)
+    summaries = sorted(((int(f.stem.rsplit("seed", 1)[1]), recorded_table(f))
+                        for f in runs.glob("quantization_released_mpc_seed*.csv")), key=lambda st: st[0])
+    latest = {row.scheme: row for _, table in summaries for row in table.itertuples()}
+    rows = []
+    for scheme in SCHEMES:
+        if scheme not in latest or not any(runs.glob(f"released_{scheme}_mpc_seed*.csv")):
+            continue
+        pooled = pooled_runs(runs, [scheme]).iloc[-1]
+        rows.append({"scheme": scheme, "protocol": f"MPPI, seeds {pooled.seeds}, {pooled.episodes} episodes",
+                     "full_mib": latest[scheme].full_mib, "deployable_mib": latest[scheme].deployable_mib,
+                     "score": pooled.score, "plan_ms": latest[scheme].plan_ms,
+                     "vs_fp16": pooled.vs_fp16, "vs_fp16_se": pooled.vs_fp16_se})
+    return pd.DataFrame(rows) if rows else None
+
+
 # ------------------------------------------------------------------------------ command line
 def _cli(args: argparse.Namespace) -> None:
     if args.export_safetensors and args.scheme not in OUR_SCHEMES:

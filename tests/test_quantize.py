@@ -382,3 +382,15 @@ def test_pooled_runs_pairs_by_task(tmp_path):
     assert Q.pooled_runs(tmp_path, ["int8"], seeds=[1]).set_index("scheme").loc["int8", "vs_fp16"] == 0
     with pytest.raises(FileNotFoundError, match="no seed of \\[2\\]"):
         Q.pooled_runs(tmp_path, ["int8"], seeds=[2])
+    # the report's table: every recorded scheme pooled over its seeds, sizes from the highest seed's summary
+    assert Q.recorded_pooled(tmp_path) is None
+    summary = {"protocol": "MPPI", "deployable_mib": 1.0, "plan_ms": 90.0}
+    pd.DataFrame([{"scheme": "fp16", "full_mib": 3.8, "score": 0, **summary},
+                  {"scheme": "int8", "full_mib": 2.1, "score": 0, **summary}]).to_csv(
+        tmp_path / "quantization_released_mpc_seed0.csv", index=False)
+    pd.DataFrame([{"scheme": "int8", "full_mib": 1.9, "score": 0, **summary}]).to_csv(
+        tmp_path / "quantization_released_mpc_seed1.csv", index=False)
+    rec = Q.recorded_pooled(tmp_path).set_index("scheme")
+    assert list(rec.index) == ["fp16", "int8"] and rec.loc["int8", "full_mib"] == 1.9
+    assert rec.loc["fp16", "protocol"] == "MPPI, seeds 0,1,2, 12 episodes"
+    assert rec.loc["int8", "score"] == table.loc["int8", "score"] and rec.loc["int8", "vs_fp16"] == pytest.approx(d.mean())
