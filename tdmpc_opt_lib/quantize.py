@@ -696,7 +696,8 @@ def pooled_runs(runs: str | os.PathLike, schemes: list[str] | tuple[str, ...] = 
 
 def recorded_pooled(runs: str | os.PathLike) -> pd.DataFrame | None:
     """One row per scheme of this library or the paper recorded in ``runs`` by ``benchmarks/quantized_mpc.py``:
-    all its seeds pooled and compared with fp16 on those seeds (:func:`pooled_runs`), with the sizes and
+    all its seeds pooled and compared with fp16 on those seeds (:func:`pooled_runs`; ``fp16_same_seeds``: fp16's
+    score there), with the sizes and
     planning latency of the highest seed's summary (``quantization_released_mpc_seed<S>.csv``) that has it.
     None when nothing is recorded."""
     runs = Path(runs)
@@ -707,10 +708,10 @@ def recorded_pooled(runs: str | os.PathLike) -> pd.DataFrame | None:
     for scheme in SCHEMES:
         if scheme not in latest or not any(runs.glob(f"released_{scheme}_mpc_seed*.csv")):
             continue
-        pooled = pooled_runs(runs, [scheme]).iloc[-1]
+        fp16, pooled = pooled_runs(runs, [scheme]).iloc[[0, -1]].itertuples()
         rows.append({"scheme": scheme, "protocol": f"MPPI, seeds {pooled.seeds}, {pooled.episodes} episodes",
                      "full_mib": latest[scheme].full_mib, "deployable_mib": latest[scheme].deployable_mib,
-                     "score": pooled.score, "plan_ms": latest[scheme].plan_ms,
+                     "score": pooled.score, "plan_ms": latest[scheme].plan_ms, "fp16_same_seeds": fp16.score,
                      "vs_fp16": pooled.vs_fp16, "vs_fp16_se": pooled.vs_fp16_se})
     return pd.DataFrame(rows) if rows else None
 

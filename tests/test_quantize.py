@@ -394,3 +394,4 @@ def test_pooled_runs_pairs_by_task(tmp_path):
     assert list(rec.index) == ["fp16", "int8"] and rec.loc["int8", "full_mib"] == 1.9
     assert rec.loc["fp16", "protocol"] == "MPPI, seeds 0,1,2, 12 episodes"
     assert rec.loc["int8", "score"] == table.loc["int8", "score"] and rec.loc["int8", "vs_fp16"] == pytest.approx(d.mean())
+    assert rec.loc["int8", "fp16_same_seeds"] == table.loc["fp16", "score"] != rec.loc["fp16", "score"]
