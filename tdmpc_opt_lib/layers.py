@@ -56,27 +56,88 @@ def _ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: t
         y = y + pre_bias
     if scale is not None:
         y = y * scale
-    y = F.layer_norm(y, y.shape[-1:]) * weight + bias
-    if torch.compiler.is_compiling():     # one exp instead of softplus + tanh: fuses into a few vector ops
-        e = torch.exp(y.clamp(max=20.0))
-        n = e * (e + 2)
-        return y * n / (n + 2)
-    return F.mish(y)
+    return F.mish(F.layer_norm(y, y.shape[-1:]) * weight + bias)
 
 
-_FUSED = None
+def _ln_mish_forward(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
+                     pre_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mish(LayerNorm((y + pre_bias)·scale)·weight + bias) → (output, row mean, row 1/std), for compiling."""
+    u = y if pre_bias is None else y + pre_bias
+    if scale is not None:
+        u = u * scale
+    mean = u.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((u - mean).square().mean(-1, keepdim=True) + 1e-5)
+    o = (u - mean) * rstd * weight + bias
+    e = torch.exp(o.clamp(max=20.0))       # tanh(softplus(o)) = n / (n + 2), n = eᵒ(eᵒ + 2): one exp
+    n = e * (e + 2)
+    return o * n / (n + 2), mean, rstd
+
+
+def _ln_mish_backward(g: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      scale: torch.Tensor | None, pre_bias: torch.Tensor | None, mean: torch.Tensor,
+                      rstd: torch.Tensor, param_grads: bool) -> tuple[torch.Tensor, ...]:
+    """Gradient of :func:`_ln_mish_forward` w.r.t. ``y`` and, with ``param_grads``, the per-element terms whose
+    sums over the broadcast dims are the gradients of ``weight`` (g·mish'·x̂) and ``bias`` (g·mish')."""
+    u = y if pre_bias is None else y + pre_bias
+    if scale is not None:
+        u = u * scale
+    xhat = (u - mean) * rstd
+    o = xhat * weight + bias
+    e = torch.exp(o.clamp(max=20.0))
+    n = e * (e + 2)
+    t = n / (n + 2)                                                   # tanh(softplus(o))
+    go = g * (t + o * (1 - t * t) * (e / (1 + e)))                    # mish'(o) = t + o·sech²(softplus o)·σ(o)
+    gx = go * weight
+    gy = rstd * (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).mean(-1, keepdim=True))
+    if scale is not None:
+        gy = gy * scale
+    return (gy, go * xhat, go) if param_grads else (gy,)
+
+
+_KERNELS: dict[str, object] = {}
+
+
+def _kernel(name: str):
+    """The compiled (dynamic-shape) forward or backward kernel, compiled on first use."""
+    if name not in _KERNELS:
+        # one code object serves every variant (rank, dropout or not, pre-bias or not): allow their guards
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _KERNELS[name] = torch.compile(_ln_mish_forward if name == "forward" else _ln_mish_backward, dynamic=True)
+    return _KERNELS[name]
+
+
+class _FusedLnMish(torch.autograd.Function):
+    """Compiled forward and a hand-derived compiled backward. The parameter gradients are sums over rows,
+    done by torch's reductions: inductor's own backward (reductions across rows inside the kernel) took
+    twice as long for the Q ensemble's ``[2, 768, 384]`` layers."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, scale, pre_bias):
+        out, mean, rstd = _kernel("forward")(y, weight, bias, scale, pre_bias)
+        ctx.save_for_backward(y, weight, bias, scale, pre_bias, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        y, weight, bias, scale, pre_bias, mean, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        params = need[1] or need[2]
+        grads = _kernel("backward")(g.contiguous(), y, weight, bias, scale, pre_bias, mean, rstd, params)
+        gy = grads[0]
+        gw = grads[1].sum_to_size(weight.shape) if need[1] else None
+        gb = grads[2].sum_to_size(bias.shape) if need[2] else None
+        gpb = gy.sum_to_size(pre_bias.shape) if need[4] else None
+        return (gy if need[0] else None), gw, gb, None, gpb
 
 
 def fused_dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float,
                           training: bool, pre_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`dropout_ln_mish` with the dropout multiply, LayerNorm and Mish compiled into fused forward/backward
-    kernels (compiled on first use, dynamic sizes); the dropout mask is drawn eagerly (:func:`dropout_scale`)."""
-    global _FUSED
-    if _FUSED is None:
-        # one code object serves every variant (rank, grad mode, Parameter or Tensor): allow their guards
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _FUSED = torch.compile(_ln_mish, dynamic=True)
-    return _FUSED(y, weight, bias, dropout_scale(y.shape, p, y.device, y.dtype) if p and training else None, pre_bias)
+    """:func:`dropout_ln_mish` as one compiled forward kernel and one compiled backward kernel (dynamic
+    sizes, compiled on first use); the dropout mask is drawn eagerly (:func:`dropout_scale`)."""
+    scale = dropout_scale(y.shape, p, y.device, y.dtype) if p and training else None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, weight, bias, pre_bias)):
+        return _FusedLnMish.apply(y, weight, bias, scale, pre_bias)
+    return _kernel("forward")(y, weight, bias, scale, pre_bias)[0]
 
 
 class NormedLinear(nn.Linear):
@@ -136,13 +197,23 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [n, B, in]`` (or ``[B, in]``, shared by every head) → ``[n, B, out]``; ``heads`` selects a subset."""
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [n, B, in]`` (or ``[B, in]``, shared by every head) → ``[n, B, out]``; ``heads`` selects a subset.
+        ``extra [B, k]`` (shared): the last ``k`` input features, multiplied separately, so that autograd
+        computes no gradient for ``x`` when only ``extra`` needs one."""
         w, b = self.weight, self.bias
         if heads is not None:
             w, b = w[heads], b[heads]
+        n = w.shape[0]
+        x = x.expand(n, *x.shape[-2:]) if x.dim() == 2 else x
         # bmm, and the bias added in the next kernel: baddbmm would first copy the bias to every output row
-        y = torch.bmm(x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w.transpose(1, 2))
+        if extra is None:
+            y = torch.bmm(x, w.transpose(1, 2))
+        else:
+            k = x.shape[-1]
+            y = torch.baddbmm(torch.bmm(extra.expand(n, *extra.shape), w[..., k:].transpose(1, 2)), x,
+                              w[..., :k].transpose(1, 2))
         if self.ln is None:
             y = y + b.unsqueeze(1)
             return self.dropout(y) if self.dropout is not None else y
@@ -163,8 +234,10 @@ class QEnsemble(nn.Sequential):
         layers.append(EnsembleLinear(num_q, dims[-2], dims[-1], normed=False))
         super().__init__(*layers)
 
-    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [B, in]`` → logits ``[n, B, out]``."""
-        for layer in self:
-            x = layer(x, heads)
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, in]`` (``extra [B, k]``: the last k input features, see :class:`EnsembleLinear`) →
+        logits ``[n, B, out]``."""
+        for i, layer in enumerate(self):
+            x = layer(x, heads, extra) if i == 0 else layer(x, heads)
         return x

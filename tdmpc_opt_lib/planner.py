@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import math
+from .runtime import keep_freed_memory
 from .world_model import WorldModel, two_random_heads
 
 
@@ -267,6 +268,7 @@ class Planner:
         self.chunk_envs = max(1, chunk_rows // self.cfg.num_samples)   # keeps activations cache-sized
         c = model.cfg
         self._k = _Consts(c.simnorm_dim, c.vmin, c.vmax, c.log_std_min, c.log_std_max)
+        keep_freed_memory()
 
     def reset(self) -> None:
         """Forget warm starts (every environment starts a new episode)."""

@@ -28,6 +28,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import losses
+from .runtime import keep_freed_memory
 from .checkpoints import (CheckpointError, atomic_save, atomic_write_text, content_digest, load_checkpoint,
                           save_checkpoint)
 from .config import ModelConfig, model_config, task_set
@@ -143,6 +144,7 @@ class Learner:
         self.pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
         self.params = [p for g in self.optim.param_groups for p in g["params"]]
         self.scale = torch.ones((), device=model.discount.device)
+        keep_freed_memory()
         if compile:  # fused LayerNorm+Mish kernels: ~1.3x faster updates for the size-1 model on CPU
             model.fuse_kernels()
             if teacher is not None:

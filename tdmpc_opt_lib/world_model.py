@@ -5,6 +5,7 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import math
 from .config import ModelConfig
@@ -79,14 +80,27 @@ class WorldModel(nn.Module):
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- pieces
-    def task_emb(self, x: torch.Tensor, task: TaskLike) -> torch.Tensor:
-        """Append the task embedding to ``x``; ``task`` broadcasts over all leading dims but the last of x."""
+    def task_emb(self, x: torch.Tensor, task: TaskLike, detach: bool = False) -> torch.Tensor:
+        """Append the task embedding (``detach``: as a constant) to ``x``; ``task`` broadcasts over all leading
+        dims but the last of x."""
         if isinstance(task, int):
             task = torch.full(x.shape[:-1], task, device=x.device)
-        emb = self._task_emb(task.long())
+        emb = self.task_vectors(task.long())
+        if detach:
+            emb = emb.detach()
         if emb.shape[:-1] != x.shape[:-1]:
             emb = emb.expand(*x.shape[:-1], emb.shape[-1])
         return torch.cat([x, emb], dim=-1)
+
+    def task_vectors(self, task: torch.Tensor) -> torch.Tensor:
+        """Embedding rows of ``task``. As ``nn.Embedding(max_norm=1)`` (TD-MPC2), the rows looked up are first
+        rescaled in place to norm ≤ 1, here in one vectorised step (torch sorts the indices on every call)."""
+        w = self._task_emb.weight
+        with torch.no_grad():
+            norm = w.norm(dim=1)
+            used = torch.bincount(task.reshape(-1), minlength=w.shape[0]) > 0
+            w.mul_(torch.where(used & (norm > 1), 1 / (norm + 1e-7), 1.0).unsqueeze(1))
+        return F.embedding(task, w)
 
     def action_mask(self, task: TaskLike) -> torch.Tensor:
         if isinstance(task, int):
@@ -122,29 +136,39 @@ class WorldModel(nn.Module):
 
     def Q(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike, return_type: str = "min", target: bool = False,
           detach: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Q-values. ``all``: logits ``[num_q, *batch, bins]``; ``min``/``avg``: over two random heads."""
+        """Q-values. ``all``: logits ``[num_q, *batch, bins]``; ``min``/``avg``: over two random heads.
+        ``detach``: gradients reach ``z`` and ``a`` only, not the Q parameters or the task embedding."""
         if return_type not in ("all", "min", "avg"):
             raise ValueError(f"return_type must be 'all', 'min' or 'avg', got {return_type!r}")
-        x = torch.cat([self.task_emb(z, task), a], dim=-1)
-        batch = x.shape[:-1]
         net = self._target_Qs if target else self._Qs
+        ze = self.task_emb(z, task, detach=detach)
+        batch = ze.shape[:-1]
+        if detach:  # the action enters layer 0 through its own matmul: no other input gradient is computed
+            x, extra = ze.reshape(-1, ze.shape[-1]), a.reshape(-1, a.shape[-1])
+        else:
+            x, extra = torch.cat([ze, a], dim=-1), None
+            x = x.reshape(-1, x.shape[-1])
         if return_type == "all":
-            return self._run_q(net, x.reshape(-1, x.shape[-1]), None, detach).reshape(-1, *batch, self.cfg.num_bins)
+            return self._run_q(net, x, extra, None, detach).reshape(-1, *batch, self.cfg.num_bins)
+        # Two heads drawn at random (every call, as TD-MPC2: the random stream stays the public one's). With two
+        # heads in all, both in some order: min and mean are symmetric and the heads' dropout masks are
+        # i.i.d., so the order changes nothing and no weights are gathered.
         heads = two_random_heads(self.cfg.num_q, generator, x.device)
-        if self.cfg.num_q == 2 and not (net.training and self.cfg.dropout):
-            heads = None  # both heads in some order: min and mean do not depend on it (with dropout the masks would)
-        logits = self._run_q(net, x.reshape(-1, x.shape[-1]), heads, detach)
+        if self.cfg.num_q == 2:
+            heads = None
+        logits = self._run_q(net, x, extra, heads, detach)
         q = math.two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax).reshape(2, *batch, 1)
         return q.min(0).values if return_type == "min" else q.sum(0) / 2
 
     @staticmethod
-    def _run_q(net: QEnsemble, x: torch.Tensor, heads: torch.Tensor | None, detach: bool) -> torch.Tensor:
+    def _run_q(net: QEnsemble, x: torch.Tensor, extra: torch.Tensor | None, heads: torch.Tensor | None,
+               detach: bool) -> torch.Tensor:
         if not detach:
-            return net(x, heads)
+            return net(x, heads, extra)
         grads = [p.requires_grad for p in net.parameters()]
         net.requires_grad_(False)               # gradients reach the inputs, not the Q parameters
         try:
-            return net(x, heads)
+            return net(x, heads, extra)
         finally:
             for p, g in zip(net.parameters(), grads):
                 p.requires_grad_(g)

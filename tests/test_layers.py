@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tdmpc_opt_lib.config import model_config
-from tdmpc_opt_lib.layers import EnsembleLinear, dropout_scale
+from tdmpc_opt_lib.layers import EnsembleLinear, dropout_ln_mish, dropout_scale, fused_dropout_ln_mish
 from tdmpc_opt_lib.world_model import WorldModel
 
 
@@ -70,3 +70,58 @@ def test_detached_q_gives_input_gradients_only():
     assert a.grad is not None and a.grad.abs().sum() > 0
     assert all(p.grad is None for p in m._Qs.parameters())
     assert all(p.requires_grad for p in m._Qs.parameters())
+
+
+@pytest.mark.parametrize("shape, wshape, dropout, pre", [((6, 40), (40,), 0.0, False), ((2, 9, 40), (2, 1, 40), 0.3, True)])
+def test_fused_ln_mish_gradients_match_autograd(shape, wshape, dropout, pre):
+    """The hand-derived backward of the fused LayerNorm+Mish kernel against autograd of the eager layer,
+    including saturated pre-activations (beyond 20, where the exp is clamped, and far below 0)."""
+    torch.manual_seed(0)
+    y = (torch.randn(shape) * 30).requires_grad_()
+    w, b = (torch.randn(wshape) * 15).requires_grad_(), torch.randn(wshape).requires_grad_()
+    pb = torch.randn(wshape).requires_grad_() if pre else None
+    g = torch.randn(shape)
+    results = []
+    for fn in (dropout_ln_mish, fused_dropout_ln_mish):
+        torch.manual_seed(1)
+        out = fn(y, w, b, dropout, True, pb)
+        grads = torch.autograd.grad(out, [t for t in (y, w, b, pb) if t is not None], g)
+        results.append((out.detach(), *grads))
+    for e, f in zip(*results):
+        torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-4)
+    assert (results[0][0].abs() > 20).any()                      # the saturated range was exercised
+
+
+def test_detached_q_action_gradient_equals_full_autograd():
+    """Q(detach=True) splits the action off layer 0's matmul; its gradient w.r.t. the action is the one plain
+    autograd gives through the concatenated input (eval: no dropout), and the task embedding gets none."""
+    torch.manual_seed(0)
+    m = WorldModel(model_config(1, "mt30")).eval()
+    torch.nn.init.normal_(m._Qs[-1].weight, std=0.1)
+    z, task = torch.randn(2, 8, m.cfg.latent_dim), torch.arange(8)
+    grads = []
+    for detach in (False, True):
+        a = (torch.rand(2, 8, m.cfg.action_dim) * 2 - 1).requires_grad_() if not grads else a.detach().requires_grad_()
+        q = m.Q(z, a, task, "avg", detach=detach)
+        q.sum().backward()
+        grads.append((q.detach(), a.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
+    m.zero_grad(set_to_none=True)
+    m.Q(z, a.detach().requires_grad_(), task, "avg", detach=True).sum().backward()
+    assert m._task_emb.weight.grad is None
+
+
+def test_task_vectors_renormalise_like_embedding_max_norm():
+    """Rows looked up are rescaled in place to norm 1 when longer (exactly nn.Embedding(max_norm=1)); rows not
+    looked up are left alone."""
+    torch.manual_seed(0)
+    m = WorldModel(model_config(1, "mt30"))
+    with torch.no_grad():
+        m._task_emb.weight.normal_()                              # every row longer than 1
+    ref = torch.nn.Embedding.from_pretrained(m._task_emb.weight.clone(), freeze=False, max_norm=1)
+    task = torch.tensor([[3, 5], [3, 7]])
+    torch.testing.assert_close(m.task_vectors(task), ref(task), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m._task_emb.weight, ref.weight, rtol=1e-6, atol=1e-7)
+    norms = m._task_emb.weight.norm(dim=1)
+    assert torch.allclose(norms[[3, 5, 7]], torch.ones(3)) and (norms[[0, 1, 2, 4, 6]] > 1).all()
