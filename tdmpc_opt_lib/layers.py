@@ -59,34 +59,48 @@ def _ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: t
     return F.mish(F.layer_norm(y, y.shape[-1:]) * weight + bias)
 
 
-def _ln_mish_forward(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
-                     pre_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mish(LayerNorm((y + pre_bias)·scale)·weight + bias) → (output, row mean, row 1/std), for compiling."""
+def _act(o: torch.Tensor, simnorm: int) -> torch.Tensor:
+    """Mish (``simnorm`` 0) or SimNorm over groups of ``simnorm``, written for the compiler."""
+    if simnorm:
+        return F.softmax(o.view(*o.shape[:-1], -1, simnorm), -1).view(o.shape)
+    e = torch.exp(o.clamp(max=20.0))       # tanh(softplus(o)) = n / (n + 2), n = eᵒ(eᵒ + 2): one exp
+    n = e * (e + 2)
+    return o * n / (n + 2)
+
+
+def _act_backward(g: torch.Tensor, o: torch.Tensor, simnorm: int) -> torch.Tensor:
+    """``g`` through :func:`_act` at ``o``."""
+    if simnorm:
+        sm = F.softmax(o.view(*o.shape[:-1], -1, simnorm), -1)
+        gs = g.view(sm.shape)
+        return (sm * (gs - (gs * sm).sum(-1, keepdim=True))).view(o.shape)
+    e = torch.exp(o.clamp(max=20.0))
+    n = e * (e + 2)
+    t = n / (n + 2)                                                   # tanh(softplus(o))
+    return g * (t + o * (1 - t * t) * (e / (1 + e)))                  # mish'(o) = t + o·sech²(softplus o)·σ(o)
+
+
+def _ln_act_forward(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
+                    pre_bias: torch.Tensor | None, simnorm: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """act(LayerNorm((y + pre_bias)·scale)·weight + bias) → (output, row mean, row 1/std), for compiling."""
     u = y if pre_bias is None else y + pre_bias
     if scale is not None:
         u = u * scale
     mean = u.mean(-1, keepdim=True)
     rstd = torch.rsqrt((u - mean).square().mean(-1, keepdim=True) + 1e-5)
-    o = (u - mean) * rstd * weight + bias
-    e = torch.exp(o.clamp(max=20.0))       # tanh(softplus(o)) = n / (n + 2), n = eᵒ(eᵒ + 2): one exp
-    n = e * (e + 2)
-    return o * n / (n + 2), mean, rstd
+    return _act((u - mean) * rstd * weight + bias, simnorm), mean, rstd
 
 
-def _ln_mish_backward(g: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      scale: torch.Tensor | None, pre_bias: torch.Tensor | None, mean: torch.Tensor,
-                      rstd: torch.Tensor, param_grads: bool) -> tuple[torch.Tensor, ...]:
-    """Gradient of :func:`_ln_mish_forward` w.r.t. ``y`` and, with ``param_grads``, the per-element terms whose
-    sums over the broadcast dims are the gradients of ``weight`` (g·mish'·x̂) and ``bias`` (g·mish')."""
+def _ln_act_backward(g: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     scale: torch.Tensor | None, pre_bias: torch.Tensor | None, mean: torch.Tensor,
+                     rstd: torch.Tensor, simnorm: int, param_grads: bool) -> tuple[torch.Tensor, ...]:
+    """Gradient of :func:`_ln_act_forward` w.r.t. ``y`` and, with ``param_grads``, the per-element terms whose
+    sums over the broadcast dims are the gradients of ``weight`` (g·act'·x̂) and ``bias`` (g·act')."""
     u = y if pre_bias is None else y + pre_bias
     if scale is not None:
         u = u * scale
     xhat = (u - mean) * rstd
-    o = xhat * weight + bias
-    e = torch.exp(o.clamp(max=20.0))
-    n = e * (e + 2)
-    t = n / (n + 2)                                                   # tanh(softplus(o))
-    go = g * (t + o * (1 - t * t) * (e / (1 + e)))                    # mish'(o) = t + o·sech²(softplus o)·σ(o)
+    go = _act_backward(g, xhat * weight + bias, simnorm)
     gx = go * weight
     gy = rstd * (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).mean(-1, keepdim=True))
     if scale is not None:
@@ -100,21 +114,22 @@ _KERNELS: dict[str, object] = {}
 def _kernel(name: str):
     """The compiled (dynamic-shape) forward or backward kernel, compiled on first use."""
     if name not in _KERNELS:
-        # one code object serves every variant (rank, dropout or not, pre-bias or not): allow their guards
+        # one code object serves every variant (rank, activation, dropout or not, ...): allow their guards
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _KERNELS[name] = torch.compile(_ln_mish_forward if name == "forward" else _ln_mish_backward, dynamic=True)
+        _KERNELS[name] = torch.compile(_ln_act_forward if name == "forward" else _ln_act_backward, dynamic=True)
     return _KERNELS[name]
 
 
-class _FusedLnMish(torch.autograd.Function):
+class _FusedLnAct(torch.autograd.Function):
     """Compiled forward and a hand-derived compiled backward. The parameter gradients are sums over rows,
     done by torch's reductions: inductor's own backward (reductions across rows inside the kernel) took
     twice as long for the Q ensemble's ``[2, 768, 384]`` layers."""
 
     @staticmethod
-    def forward(ctx, y, weight, bias, scale, pre_bias):
-        out, mean, rstd = _kernel("forward")(y, weight, bias, scale, pre_bias)
+    def forward(ctx, y, weight, bias, scale, pre_bias, simnorm):
+        out, mean, rstd = _kernel("forward")(y, weight, bias, scale, pre_bias, simnorm)
         ctx.save_for_backward(y, weight, bias, scale, pre_bias, mean, rstd)
+        ctx.simnorm = simnorm
         return out
 
     @staticmethod
@@ -122,28 +137,30 @@ class _FusedLnMish(torch.autograd.Function):
         y, weight, bias, scale, pre_bias, mean, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         params = need[1] or need[2]
-        grads = _kernel("backward")(g.contiguous(), y, weight, bias, scale, pre_bias, mean, rstd, params)
+        grads = _kernel("backward")(g.contiguous(), y, weight, bias, scale, pre_bias, mean, rstd, ctx.simnorm, params)
         gy = grads[0]
         gw = grads[1].sum_to_size(weight.shape) if need[1] else None
         gb = grads[2].sum_to_size(bias.shape) if need[2] else None
         gpb = gy.sum_to_size(pre_bias.shape) if need[4] else None
-        return (gy if need[0] else None), gw, gb, None, gpb
+        return (gy if need[0] else None), gw, gb, None, gpb, None
 
 
-def fused_dropout_ln_mish(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float,
-                          training: bool, pre_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`dropout_ln_mish` as one compiled forward kernel and one compiled backward kernel (dynamic
-    sizes, compiled on first use); the dropout mask is drawn eagerly (:func:`dropout_scale`)."""
+def fused_dropout_ln_act(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float, training: bool,
+                         pre_bias: torch.Tensor | None = None, simnorm: int = 0) -> torch.Tensor:
+    """:func:`dropout_ln_mish` (``simnorm`` > 0: SimNorm over groups of that size instead of Mish) as one
+    compiled forward kernel and one compiled backward kernel (dynamic sizes, compiled on first use); the
+    dropout mask is drawn eagerly (:func:`dropout_scale`)."""
     scale = dropout_scale(y.shape, p, y.device, y.dtype) if p and training else None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, weight, bias, pre_bias)):
-        return _FusedLnMish.apply(y, weight, bias, scale, pre_bias)
-    return _kernel("forward")(y, weight, bias, scale, pre_bias)[0]
+        return _FusedLnAct.apply(y, weight, bias, scale, pre_bias, simnorm)
+    return _kernel("forward")(y, weight, bias, scale, pre_bias, simnorm)[0]
 
 
 class NormedLinear(nn.Linear):
     """Linear → (Dropout) → LayerNorm → activation (Mish unless given).
 
-    ``fused = True`` (set by :meth:`WorldModel.fuse_kernels`) runs the Mish layers' tail as one compiled kernel."""
+    ``fused = True`` (set by :meth:`WorldModel.fuse_kernels`) runs the tail (Mish or SimNorm) as one compiled
+    kernel forward and one backward."""
 
     def __init__(self, in_features: int, out_features: int, act: nn.Module | None = None, dropout: float = 0.0):
         super().__init__(in_features, out_features)
@@ -154,9 +171,10 @@ class NormedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
-        if self.fused and isinstance(self.act, nn.Mish):
+        if self.fused and isinstance(self.act, (nn.Mish, SimNorm)):
             p = self.dropout.p if self.dropout is not None else 0.0
-            return fused_dropout_ln_mish(x, self.ln.weight, self.ln.bias, p, self.training)
+            simnorm = self.act.dim if isinstance(self.act, SimNorm) else 0
+            return fused_dropout_ln_act(x, self.ln.weight, self.ln.bias, p, self.training, simnorm=simnorm)
         if self.dropout is not None:
             x = self.dropout(x)
         return self.act(self.ln(x))
@@ -221,7 +239,7 @@ class EnsembleLinear(nn.Module):
         if heads is not None:
             g, beta = g[heads], beta[heads]
         p = self.dropout.p if self.dropout is not None else 0.0
-        return (fused_dropout_ln_mish if self.fused else dropout_ln_mish)(y, g.unsqueeze(1), beta.unsqueeze(1), p,
+        return (fused_dropout_ln_act if self.fused else dropout_ln_mish)(y, g.unsqueeze(1), beta.unsqueeze(1), p,
                                                                          self.training, b.unsqueeze(1))
 
 

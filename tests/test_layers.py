@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tdmpc_opt_lib.config import model_config
-from tdmpc_opt_lib.layers import EnsembleLinear, dropout_ln_mish, dropout_scale, fused_dropout_ln_mish
+from tdmpc_opt_lib.layers import EnsembleLinear, SimNorm, dropout_scale, fused_dropout_ln_act
 from tdmpc_opt_lib.world_model import WorldModel
 
 
@@ -72,24 +72,32 @@ def test_detached_q_gives_input_gradients_only():
     assert all(p.requires_grad for p in m._Qs.parameters())
 
 
+@pytest.mark.parametrize("simnorm", [0, 8])
 @pytest.mark.parametrize("shape, wshape, dropout, pre", [((6, 40), (40,), 0.0, False), ((2, 9, 40), (2, 1, 40), 0.3, True)])
-def test_fused_ln_mish_gradients_match_autograd(shape, wshape, dropout, pre):
-    """The hand-derived backward of the fused LayerNorm+Mish kernel against autograd of the eager layer,
-    including saturated pre-activations (beyond 20, where the exp is clamped, and far below 0)."""
+def test_fused_ln_act_gradients_match_autograd(shape, wshape, dropout, pre, simnorm):
+    """The hand-derived backward of the fused LayerNorm+Mish / LayerNorm+SimNorm kernel against autograd of
+    the eager ops, including saturated pre-activations (beyond 20, where the exp is clamped, and far below 0)."""
     torch.manual_seed(0)
     y = (torch.randn(shape) * 30).requires_grad_()
     w, b = (torch.randn(wshape) * 15).requires_grad_(), torch.randn(wshape).requires_grad_()
     pb = torch.randn(wshape).requires_grad_() if pre else None
     g = torch.randn(shape)
+    act = SimNorm(simnorm) if simnorm else torch.nn.functional.mish
+
+    def eager(y, w, b, p, training, pb):
+        u = (y + pb if pb is not None else y) * (dropout_scale(y.shape, p) if p else 1)
+        return act(torch.nn.functional.layer_norm(u, u.shape[-1:]) * w + b)
+
     results = []
-    for fn in (dropout_ln_mish, fused_dropout_ln_mish):
+    for fn in (eager, lambda *args: fused_dropout_ln_act(*args, simnorm=simnorm)):
         torch.manual_seed(1)
         out = fn(y, w, b, dropout, True, pb)
         grads = torch.autograd.grad(out, [t for t in (y, w, b, pb) if t is not None], g)
         results.append((out.detach(), *grads))
     for e, f in zip(*results):
         torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-4)
-    assert (results[0][0].abs() > 20).any()                      # the saturated range was exercised
+    if not simnorm:
+        assert (results[0][0].abs() > 20).any()                      # the saturated range was exercised
 
 
 def test_detached_q_action_gradient_equals_full_autograd():
