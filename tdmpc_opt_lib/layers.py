@@ -257,5 +257,5 @@ class QEnsemble(nn.Sequential):
         """``x [B, in]`` (``extra [B, k]``: the last k input features, see :class:`EnsembleLinear`) →
         logits ``[n, B, out]``."""
         for i, layer in enumerate(self):
-            x = layer(x, heads, extra) if i == 0 else layer(x, heads)
+            x = layer(x, heads, extra) if i == 0 and extra is not None else layer(x, heads)
         return x

@@ -165,7 +165,10 @@ class Int8EnsembleLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return dequantize_per_channel(self.qweight, self.weight_scale)
 
-    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        if extra is not None:                 # the last input features, given apart (EnsembleLinear.forward)
+            x = torch.cat([x, extra], -1)
         q, s, b = self.qweight, self.weight_scale, self.bias
         if heads is not None:
             q, s, b = q[heads], s[heads], b[heads]
