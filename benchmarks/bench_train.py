@@ -5,7 +5,9 @@ dataset much larger than a batch (generated in a temporary folder, deleted after
     python benchmarks/bench_train.py [--transitions 20000000] [--rounds 5] [--block 10] [--threads N]
 
 Models have random weights (speed does not depend on them). Batches come from the sampler, so
-the figures include data loading; sampling alone is timed separately.
+the figures include data loading; sampling alone is timed separately. Each configuration's matmul
+FLOPs per update (torch's flop counter) and the floor they set at the machine's measured fp32 matmul
+rate are printed next to the measured time: this VM's speed drifts by ±15 %, the ratio much less.
 """
 from __future__ import annotations
 
@@ -50,6 +52,14 @@ def block_rates(learners: dict, sampler: data.WindowSampler, rounds: int, block:
     return rates
 
 
+def update_gflop(learner: training.Learner, batch: dict) -> float:
+    """Floating-point operations (matmuls, as torch's flop counter counts them) of one update."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        learner.update(**batch)
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transitions", type=int, default=20_000_000)
@@ -61,7 +71,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"threads: {torch.get_num_threads()}  batch: {args.batch_size}  fp32 matmul: {matmul_gflops():.0f} GFLOP/s")
+    peak = matmul_gflops()
+    print(f"threads: {torch.get_num_threads()}  batch: {args.batch_size}  fp32 matmul: {peak:.0f} GFLOP/s")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_", dir=args.tmp))
     try:
         t = time.perf_counter()
@@ -87,6 +98,7 @@ def main() -> None:
                 c = dataclasses.replace(cfg, d_coef=0.4) if teacher else cfg
                 learners[name, fused] = training.Learner(WorldModel(model_config(size, "mt30")), c, teacher=teacher,
                                                          compile=fused)
+        gflop = {name: update_gflop(learners[name, False], sampler.sample()) for name in configs}
         rates = block_rates(learners, sampler, args.rounds, args.block)
         print(f"updates/s over {args.rounds} blocks of {args.block} updates, configurations taking turns; "
               "median (best block); fused = WorldModel.fuse_kernels, the default")
@@ -94,6 +106,11 @@ def main() -> None:
         for name in configs:
             cells = [f"{statistics.median(rates[name, f]):6.2f} ({max(rates[name, f]):5.2f})" for f in (False, True)]
             print(f"{name:<42}{cells[0]:>16}{cells[1]:>16}", flush=True)
+        print(f"matmul work per update (GFLOP) and its floor at this machine's {peak:.0f} GFLOP/s; the fused median's rate:")
+        for name in configs:
+            ups = statistics.median(rates[name, True])
+            print(f"  {name:<40}{gflop[name]:6.1f} GFLOP  floor {gflop[name] / peak * 1e3:5.1f} ms  "
+                  f"measured {1e3 / ups:5.1f} ms  ({gflop[name] * ups:.0f} GFLOP/s)")
         ups = statistics.median(rates["size-1 student, from scratch", True])
         ups_t = statistics.median(rates["size-1 student + size-5 teacher (d 0.4)", True])
         print(f"the teacher's forward pass makes a size-1 update {ups / ups_t:.2f}x slower; public implementation "
