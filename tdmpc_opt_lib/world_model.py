@@ -58,8 +58,9 @@ class WorldModel(nn.Module):
         torch._foreach_lerp_(list(self._target_Qs.parameters()), list(self._Qs.parameters()), tau)
 
     def fuse_kernels(self, on: bool = True) -> "WorldModel":
-        """Run every dropout→LayerNorm→Mish tail as one ``torch.compile``'d kernel (forward and backward):
-        faster training on CPU, same results to float rounding (dropout masks come from another RNG)."""
+        """Run every dropout→LayerNorm→Mish/SimNorm tail as one ``torch.compile``'d forward kernel and one
+        hand-derived backward kernel: faster training on CPU, same results to float rounding (dropout masks
+        come from another RNG)."""
         for mod in self.modules():
             if isinstance(mod, (NormedLinear, EnsembleLinear)):
                 mod.fused = on
