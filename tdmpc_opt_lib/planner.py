@@ -287,7 +287,7 @@ class Planner:
         task = task.long()
         mask = m.action_mask(task)                                      # [N, A]
         gamma = m.discount[task]                                        # [N]
-        emb = m._task_emb(task)                                         # [N, E], renormalised like TD-MPC2
+        emb = m.task_vectors(task)                                      # [N, E], renormalised like TD-MPC2
         z0 = m._encoder["state"](torch.cat([obs, emb], -1))             # [N, L]
         w = plan_weights(m, emb)
 

@@ -57,7 +57,7 @@ def test_trajectory_values_match_world_model_in_float32(student):
     eps, heads = torch.randn(2, 64, 6, generator=g), torch.tensor([1, 0])
     with torch.no_grad():
         z0 = student.encode(obs, task)
-        w, k, gamma = plan_weights(student, student._task_emb(task)), _Consts(8, -10.0, 10.0, -10.0, 2.0), student.discount[task]
+        w, k, gamma = plan_weights(student, student.task_vectors(task)), _Consts(8, -10.0, 10.0, -10.0, 2.0), student.discount[task]
         z_pi, G_pi, _ = _rollout(w, z0, actions[:, :, :8], gamma, k)      # the first 8 rows as cached policy trajectories
         fast = _iteration_value(w, z0, actions[:, :, 8:], z_pi, G_pi, gamma, student.action_mask(task), eps, heads, k)
         for n in range(2):
