@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
+
 
 class SimNorm(nn.Module):
     """Simplicial normalisation: softmax within consecutive groups of ``dim`` features."""
@@ -120,14 +122,23 @@ def _kernel(name: str):
     return _KERNELS[name]
 
 
+def _forward_kernel(y, weight, bias, scale, pre_bias) -> tuple[object, bool]:
+    """The C kernel where it takes these tensors (CPU float32, see :mod:`kernels`), else the compiled one."""
+    if kernels.supports(y, weight, bias, scale, pre_bias):
+        return kernels.ln_act_forward, True
+    return _kernel("forward"), False
+
+
 class _FusedLnAct(torch.autograd.Function):
-    """Compiled forward and a hand-derived compiled backward. The parameter gradients are sums over rows,
-    done by torch's reductions: inductor's own backward (reductions across rows inside the kernel) took
-    twice as long for the Q ensemble's ``[2, 768, 384]`` layers."""
+    """One forward and one hand-derived backward kernel. On CPU float32 both are the C kernels of
+    :mod:`kernels` (parameter gradients summed inside); elsewhere compiled ones, whose parameter gradients
+    are summed by torch's reductions: inductor's own backward (reductions across rows inside the kernel)
+    took twice as long for the Q ensemble's ``[2, 768, 384]`` layers."""
 
     @staticmethod
     def forward(ctx, y, weight, bias, scale, pre_bias, simnorm):
-        out, mean, rstd = _kernel("forward")(y, weight, bias, scale, pre_bias, simnorm)
+        fn, ctx.c = _forward_kernel(y, weight, bias, scale, pre_bias)
+        out, mean, rstd = fn(y, weight, bias, scale, pre_bias, simnorm)
         ctx.save_for_backward(y, weight, bias, scale, pre_bias, mean, rstd)
         ctx.simnorm = simnorm
         return out
@@ -137,6 +148,10 @@ class _FusedLnAct(torch.autograd.Function):
         y, weight, bias, scale, pre_bias, mean, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         params = need[1] or need[2]
+        if ctx.c:
+            gy, gw, gb, gpb = kernels.ln_act_backward(g.contiguous(), y, weight, bias, scale, pre_bias, mean, rstd,
+                                                      ctx.simnorm, params, need[4])
+            return (gy if need[0] else None), (gw if need[1] else None), (gb if need[2] else None), None, gpb, None
         grads = _kernel("backward")(g.contiguous(), y, weight, bias, scale, pre_bias, mean, rstd, ctx.simnorm, params)
         gy = grads[0]
         gw = grads[1].sum_to_size(weight.shape) if need[1] else None
@@ -148,12 +163,12 @@ class _FusedLnAct(torch.autograd.Function):
 def fused_dropout_ln_act(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p: float, training: bool,
                          pre_bias: torch.Tensor | None = None, simnorm: int = 0) -> torch.Tensor:
     """:func:`dropout_ln_mish` (``simnorm`` > 0: SimNorm over groups of that size instead of Mish) as one
-    compiled forward kernel and one compiled backward kernel (dynamic sizes, compiled on first use); the
-    dropout mask is drawn eagerly (:func:`dropout_scale`)."""
+    forward kernel and one backward kernel (C on CPU float32, else compiled on first use for dynamic sizes);
+    the dropout mask is drawn eagerly (:func:`dropout_scale`)."""
     scale = dropout_scale(y.shape, p, y.device, y.dtype) if p and training else None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, weight, bias, pre_bias)):
         return _FusedLnAct.apply(y, weight, bias, scale, pre_bias, simnorm)
-    return _kernel("forward")(y, weight, bias, scale, pre_bias, simnorm)[0]
+    return _forward_kernel(y, weight, bias, scale, pre_bias)[0](y, weight, bias, scale, pre_bias, simnorm)[0]
 
 
 class NormedLinear(nn.Linear):

@@ -58,9 +58,9 @@ class WorldModel(nn.Module):
         torch._foreach_lerp_(list(self._target_Qs.parameters()), list(self._Qs.parameters()), tau)
 
     def fuse_kernels(self, on: bool = True) -> "WorldModel":
-        """Run every dropout→LayerNorm→Mish/SimNorm tail as one ``torch.compile``'d forward kernel and one
-        hand-derived backward kernel: faster training on CPU, same results to float rounding (dropout masks
-        come from another RNG)."""
+        """Run every dropout→LayerNorm→Mish/SimNorm tail as one forward kernel and one hand-derived backward
+        kernel (C on CPU float32, :mod:`tdmpc_opt_lib.kernels`; ``torch.compile``'d elsewhere): faster
+        training, same results to float rounding (dropout masks come from another RNG)."""
         for mod in self.modules():
             if isinstance(mod, (NormedLinear, EnsembleLinear)):
                 mod.fused = on

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tdmpc_opt_lib import kernels
 from tdmpc_opt_lib.config import model_config
 from tdmpc_opt_lib.layers import EnsembleLinear, SimNorm, dropout_scale, fused_dropout_ln_act
 from tdmpc_opt_lib.world_model import WorldModel
@@ -72,11 +73,19 @@ def test_detached_q_gives_input_gradients_only():
     assert all(p.requires_grad for p in m._Qs.parameters())
 
 
+@pytest.mark.parametrize("backend", ["c", "compiled"])
 @pytest.mark.parametrize("simnorm", [0, 8])
 @pytest.mark.parametrize("shape, wshape, dropout, pre", [((6, 40), (40,), 0.0, False), ((2, 9, 40), (2, 1, 40), 0.3, True)])
-def test_fused_ln_act_gradients_match_autograd(shape, wshape, dropout, pre, simnorm):
-    """The hand-derived backward of the fused LayerNorm+Mish / LayerNorm+SimNorm kernel against autograd of
-    the eager ops, including saturated pre-activations (beyond 20, where the exp is clamped, and far below 0)."""
+def test_fused_ln_act_gradients_match_autograd(shape, wshape, dropout, pre, simnorm, backend, monkeypatch):
+    """The hand-derived backward of the fused LayerNorm+Mish / LayerNorm+SimNorm kernel (the C one, and the
+    compiled one that other devices use) against autograd of the eager ops, including saturated
+    pre-activations (beyond 20, where the exp is clamped, and far below 0)."""
+    if backend == "c":
+        if not kernels.compiler():
+            pytest.skip("no C compiler on PATH")
+        assert kernels.supports(torch.zeros(shape), torch.zeros(wshape)), "C kernels failed to build"
+    else:
+        monkeypatch.setattr(kernels, "supports", lambda *args: False)
     torch.manual_seed(0)
     y = (torch.randn(shape) * 30).requires_grad_()
     w, b = (torch.randn(wshape) * 15).requires_grad_(), torch.randn(wshape).requires_grad_()
