@@ -142,3 +142,42 @@ def test_task_vectors_renormalise_like_embedding_max_norm():
     torch.testing.assert_close(m._task_emb.weight, ref.weight, rtol=1e-6, atol=1e-7)
     norms = m._task_emb.weight.norm(dim=1)
     assert torch.allclose(norms[[3, 5, 7]], torch.ones(3)) and (norms[[0, 1, 2, 4, 6]] > 1).all()
+
+
+def test_task_vectors_renormalise_again_after_any_change():
+    """The rescaling is skipped only while neither the weights nor the task tensor changed: an optimizer-like
+    in-place update, a new task tensor, an in-place edit of the same task tensor and swapped-in weight data
+    each trigger it again."""
+    m = WorldModel(model_config(1, "mt30"))
+    w = m._task_emb.weight
+    task = torch.tensor([1, 2])
+
+    def longest(rows):
+        return float(w.detach()[rows].norm(dim=1).max())
+
+    with torch.no_grad():
+        w.normal_()
+    m.task_vectors(task)
+    assert longest([1, 2]) <= 1 + 1e-6 and longest([4]) > 1
+    with torch.no_grad():
+        w.mul_(5)                                                   # in place, as Adam's step
+    m.task_vectors(task)
+    assert longest([1, 2]) <= 1 + 1e-6
+    m.task_vectors(torch.tensor([4]))                               # another task tensor
+    assert longest([4]) <= 1 + 1e-6
+    task[0] = 9                                                     # the same tensor, edited
+    m.task_vectors(task)
+    assert longest([9]) <= 1 + 1e-6
+    w.data = torch.randn_like(w) * 5                                # new storage
+    m.task_vectors(task)
+    assert longest([2, 9]) <= 1 + 1e-6
+
+
+def test_train_and_eval_reach_every_submodule():
+    m = WorldModel(model_config(1, "mt30"))
+    m.eval()
+    assert not any(mod.training for mod in m.modules())
+    m.train()
+    assert all(mod.training for mod in m.modules())
+    m2 = copy.deepcopy(m).eval()                                    # the copy switches its own modules
+    assert m.training and not any(mod.training for mod in m2.modules())
