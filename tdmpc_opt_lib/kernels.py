@@ -228,17 +228,22 @@ def library() -> ctypes.CDLL | None:
     return _lib or None
 
 
-def supports(y: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    """Whether the kernels take these tensors: float32 on the CPU, contiguous, with parameters of shape ``[D]``
-    or ``[n, 1, ..., 1, D]`` (one parameter row per leading index of ``y``)."""
+def supports(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None = None,
+             pre_bias: torch.Tensor | None = None) -> bool:
+    """Whether the kernels take these tensors: float32 on the CPU, contiguous, ``scale`` shaped as ``y``, and
+    ``weight``, ``bias``, ``pre_bias`` all of shape ``[D]`` or ``[n, 1, ..., 1, D]`` (one parameter row per
+    leading index of ``y``). The C code trusts these shapes, so anything else goes to the compiled kernels."""
     if y.device.type != "cpu" or y.dtype != torch.float32 or y.numel() == 0 or library() is None:
         return False
     D = y.shape[-1]
     grouped = weight.dim() == y.dim() and weight.shape[0] == y.shape[0] and all(s == 1 for s in weight.shape[1:-1])
     if weight.shape[-1] != D or not (weight.dim() == 1 or grouped):
         return False
+    if bias.shape != weight.shape or (pre_bias is not None and pre_bias.shape != weight.shape) or \
+            (scale is not None and scale.shape != y.shape):
+        return False
     return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous())
-               for t in (y, weight, *others))
+               for t in (y, weight, bias, scale, pre_bias))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

@@ -66,16 +66,6 @@ class WorldModel(nn.Module):
                 mod.fused = on
         return self
 
-    def train(self, mode: bool = True) -> "WorldModel":
-        """``nn.Module.train`` over a cached tuple of the submodules: an update switches modes three times, and
-        nn.Module's recursive walk through ``__setattr__`` took ~0.4 ms each time."""
-        modules = self.__dict__.get("_all_modules")
-        if modules is None:
-            modules = self.__dict__["_all_modules"] = tuple(self.modules())
-        for m in modules:
-            object.__setattr__(m, "training", mode)
-        return self
-
     def param_counts(self) -> dict[str, int]:
         """Parameter count per component (target Qs listed separately, as checkpoints store them)."""
         parts = {"task_emb": self._task_emb, "encoder": self._encoder, "dynamics": self._dynamics,
@@ -109,14 +99,17 @@ class WorldModel(nn.Module):
         The rescaling is idempotent: it is skipped when neither the weights nor ``task`` changed since the
         last one (a training update looks the same tasks up 11 times between two optimizer steps)."""
         w = self._task_emb.weight
-        key = (w, w._version, w.data_ptr(), task, task._version)     # tensors compared by identity (kept alive)
+
+        def state() -> tuple:       # the tensors themselves are kept (compared by identity), so ids are not reused
+            return w, w._version, w.data_ptr(), task, task._version
+
         done = self.__dict__.get("_renormed")
-        if done is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(key, done)):
+        if done is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(state(), done)):
             with torch.no_grad():
                 norm = w.norm(dim=1)
                 used = torch.bincount(task.reshape(-1), minlength=w.shape[0]) > 0
                 w.mul_(torch.where(used & (norm > 1), 1 / (norm + 1e-7), 1.0).unsqueeze(1))
-            self.__dict__["_renormed"] = (w, w._version, w.data_ptr(), task, task._version)
+            self.__dict__["_renormed"] = state()
         return F.embedding(task, w)
 
     def action_mask(self, task: TaskLike) -> torch.Tensor:

@@ -40,12 +40,16 @@ def test_c_and_compiled_kernels_agree(simnorm, monkeypatch):
 @needs_cc
 def test_supports_only_what_the_kernels_handle():
     y, w = torch.randn(4, 6, 8), torch.randn(4, 1, 8)
-    assert kernels.supports(y, w) and kernels.supports(y.reshape(24, 8), torch.randn(8))
-    assert not kernels.supports(y.double(), w.double())                 # float32 only
-    assert not kernels.supports(y.transpose(0, 1), torch.randn(6, 1, 8))  # not contiguous
-    assert not kernels.supports(y, torch.randn(1, 6, 8))                # a broadcast pattern the kernels lack
-    assert not kernels.supports(y, torch.randn(4, 1, 7))                # wrong feature size
-    assert not kernels.supports(torch.zeros(0, 8), torch.randn(8))      # empty
+    assert kernels.supports(y, w, w, torch.ones_like(y), w) and kernels.supports(y.reshape(24, 8), w[0, 0], w[0, 0])
+    assert not kernels.supports(y.double(), w.double(), w.double())       # float32 only
+    assert not kernels.supports(y.transpose(0, 1), w[:1].expand(6, 1, 8).contiguous(), w[:1].expand(6, 1, 8))
+    w1 = torch.randn(1, 6, 8)
+    assert not kernels.supports(y, w1, w1)                                # a broadcast pattern the kernels lack
+    assert not kernels.supports(y, torch.randn(4, 1, 7), torch.randn(4, 1, 7))   # wrong feature size
+    assert not kernels.supports(y, w, w[0, 0])                            # bias shaped unlike the weight
+    assert not kernels.supports(y, w, w, pre_bias=w[0, 0])                # pre-bias likewise
+    assert not kernels.supports(y, w, w, scale=torch.ones(6, 8))          # a scale that is not per element
+    assert not kernels.supports(torch.zeros(0, 8), w[0, 0], w[0, 0])      # empty
 
 
 def test_a_failing_compiler_warns_and_falls_back(tmp_path, monkeypatch):
@@ -64,4 +68,4 @@ def test_a_failing_compiler_warns_and_falls_back(tmp_path, monkeypatch):
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setenv("TDMPC_OPT_CKERNELS", "0")
-    assert kernels.library() is None and not kernels.supports(torch.randn(2, 8), torch.randn(8))
+    assert kernels.library() is None and not kernels.supports(torch.randn(2, 8), torch.randn(8), torch.randn(8))

@@ -83,7 +83,7 @@ def test_fused_ln_act_gradients_match_autograd(shape, wshape, dropout, pre, simn
     if backend == "c":
         if not kernels.compiler():
             pytest.skip("no C compiler on PATH")
-        assert kernels.supports(torch.zeros(shape), torch.zeros(wshape)), "C kernels failed to build"
+        assert kernels.supports(torch.zeros(shape), torch.zeros(wshape), torch.zeros(wshape)), "C kernels failed"
     else:
         monkeypatch.setattr(kernels, "supports", lambda *args: False)
     torch.manual_seed(0)
@@ -172,12 +172,3 @@ def test_task_vectors_renormalise_again_after_any_change():
     m.task_vectors(task)
     assert longest([2, 9]) <= 1 + 1e-6
 
-
-def test_train_and_eval_reach_every_submodule():
-    m = WorldModel(model_config(1, "mt30"))
-    m.eval()
-    assert not any(mod.training for mod in m.modules())
-    m.train()
-    assert all(mod.training for mod in m.modules())
-    m2 = copy.deepcopy(m).eval()                                    # the copy switches its own modules
-    assert m.training and not any(mod.training for mod in m2.modules())
