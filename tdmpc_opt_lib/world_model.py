@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import math
 from .config import ModelConfig
-from .layers import EnsembleLinear, NormedLinear, QEnsemble, SimNorm, mlp
+from .layers import EnsembleLinear, NormedLinear, QEnsemble, SimNorm, folded_first_layer, mlp
 
 TaskLike = torch.Tensor | int
 
@@ -95,9 +95,14 @@ class WorldModel(nn.Module):
 
     def task_vectors(self, task: torch.Tensor) -> torch.Tensor:
         """Embedding rows of ``task``. As ``nn.Embedding(max_norm=1)`` (TD-MPC2), the rows looked up are first
-        rescaled in place to norm ≤ 1, here in one vectorised step (torch sorts the indices on every call).
-        The rescaling is idempotent: it is skipped when neither the weights nor ``task`` changed since the
-        last one (a training update looks the same tasks up 11 times between two optimizer steps)."""
+        rescaled in place to norm ≤ 1 (:meth:`_renorm`)."""
+        self._renorm(task)
+        return F.embedding(task, self._task_emb.weight)
+
+    def _renorm(self, task: torch.Tensor) -> None:
+        """Rescale the embedding rows of ``task`` to norm ≤ 1 in place, in one vectorised step (torch sorts the
+        indices on every call). Idempotent, so skipped while neither the weights nor ``task`` changed since the
+        last time (a training update looks the same tasks up 11 times between two optimizer steps)."""
         w = self._task_emb.weight
 
         def state() -> tuple:       # the tensors themselves are kept (compared by identity), so ids are not reused
@@ -110,7 +115,25 @@ class WorldModel(nn.Module):
                 used = torch.bincount(task.reshape(-1), minlength=w.shape[0]) > 0
                 w.mul_(torch.where(used & (norm > 1), 1 / (norm + 1e-7), 1.0).unsqueeze(1))
             self.__dict__["_renormed"] = state()
-        return F.embedding(task, w)
+
+    @staticmethod
+    def _foldable(layer: nn.Module, detach: bool = False) -> bool:
+        """Whether an MLP's first layer may take the task embedding folded (:func:`folded_first_layer`): fused
+        kernels on (as in training), a plain float layer, and no gradient into its weights or the embedding."""
+        return type(layer) in (NormedLinear, EnsembleLinear) and layer.fused and (detach or not torch.is_grad_enabled())
+
+    def _folded(self, net: nn.Sequential, x: torch.Tensor, task: TaskLike, extra: torch.Tensor | None = None,
+                heads: torch.Tensor | None = None) -> torch.Tensor:
+        """``net([x, emb(task), extra])`` with the first layer folded: rows flattened, ``[R, out]`` (or
+        ``[n, R, out]`` for an ensemble)."""
+        task = torch.as_tensor(task, device=x.device).long()
+        self._renorm(task)
+        first, ensemble = net[0], isinstance(net[0], EnsembleLinear)
+        y = folded_first_layer(first, x, task, self._task_emb.weight.detach(), extra, heads)
+        y = first.tail(y, heads) if ensemble else first.tail(y)
+        for layer in list(net)[1:]:
+            y = layer(y, heads) if ensemble else layer(y)
+        return y
 
     def action_mask(self, task: TaskLike) -> torch.Tensor:
         if isinstance(task, int):
@@ -118,7 +141,10 @@ class WorldModel(nn.Module):
         return self._action_masks[task.long()]
 
     def encode(self, obs: torch.Tensor, task: TaskLike) -> torch.Tensor:
-        return self._encoder["state"](self.task_emb(obs, task))
+        net = self._encoder["state"]
+        if self._foldable(net[0]):
+            return self._folded(net, obs, task).reshape(*obs.shape[:-1], self.cfg.latent_dim)
+        return net(self.task_emb(obs, task))
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
         return self._dynamics(torch.cat([self.task_emb(z, task), a], dim=-1))
@@ -129,7 +155,11 @@ class WorldModel(nn.Module):
 
     def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Sample an action from the squashed-Gaussian policy prior; ``info`` holds mean, log_std, entropies."""
-        mean, log_std = self._pi(self.task_emb(z, task)).chunk(2, dim=-1)
+        if self._foldable(self._pi[0]):
+            out = self._folded(self._pi, z, task).reshape(*z.shape[:-1], 2 * self.cfg.action_dim)
+        else:
+            out = self._pi(self.task_emb(z, task))
+        mean, log_std = out.chunk(2, dim=-1)
         log_std = math.scale_log_std(log_std, self.cfg.log_std_min, self.cfg.log_std_max)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         mask = self.action_mask(task)
@@ -151,34 +181,38 @@ class WorldModel(nn.Module):
         if return_type not in ("all", "min", "avg"):
             raise ValueError(f"return_type must be 'all', 'min' or 'avg', got {return_type!r}")
         net = self._target_Qs if target else self._Qs
-        ze = self.task_emb(z, task, detach=detach)
-        batch = ze.shape[:-1]
-        if detach:  # the action enters layer 0 through its own matmul: no other input gradient is computed
-            x, extra = ze.reshape(-1, ze.shape[-1]), a.reshape(-1, a.shape[-1])
+        batch = z.shape[:-1]
+        heads = None
+        if return_type != "all":
+            # Two heads drawn at random (every call, as TD-MPC2: the random stream stays the public one's). With
+            # two heads in all, both in some order: min and mean are symmetric and the heads' dropout masks are
+            # i.i.d., so the order changes nothing and no weights are gathered.
+            heads = two_random_heads(self.cfg.num_q, generator, z.device)
+            if self.cfg.num_q == 2:
+                heads = None
+        if self._foldable(net[0], detach):
+            logits = self._frozen(net, detach, lambda: self._folded(net, z, task, a, heads))
         else:
-            x, extra = torch.cat([ze, a], dim=-1), None
-            x = x.reshape(-1, x.shape[-1])
+            ze = self.task_emb(z, task, detach=detach).reshape(-1, z.shape[-1] + self.cfg.task_dim)
+            a = a.reshape(-1, a.shape[-1])
+            if detach:  # the action enters layer 0 through its own matmul: no other input gradient is computed
+                logits = self._frozen(net, detach, lambda: net(ze, heads, a))
+            else:
+                logits = net(torch.cat([ze, a], dim=-1), heads)
         if return_type == "all":
-            return self._run_q(net, x, extra, None, detach).reshape(-1, *batch, self.cfg.num_bins)
-        # Two heads drawn at random (every call, as TD-MPC2: the random stream stays the public one's). With two
-        # heads in all, both in some order: min and mean are symmetric and the heads' dropout masks are
-        # i.i.d., so the order changes nothing and no weights are gathered.
-        heads = two_random_heads(self.cfg.num_q, generator, x.device)
-        if self.cfg.num_q == 2:
-            heads = None
-        logits = self._run_q(net, x, extra, heads, detach)
+            return logits.reshape(-1, *batch, self.cfg.num_bins)
         q = math.two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax).reshape(2, *batch, 1)
         return q.min(0).values if return_type == "min" else q.sum(0) / 2
 
     @staticmethod
-    def _run_q(net: QEnsemble, x: torch.Tensor, extra: torch.Tensor | None, heads: torch.Tensor | None,
-               detach: bool) -> torch.Tensor:
+    def _frozen(net: QEnsemble, detach: bool, run) -> torch.Tensor:
+        """``run()``; with ``detach``, with the parameters of ``net`` excluded from autograd meanwhile."""
         if not detach:
-            return net(x, heads, extra)
+            return run()
         grads = [p.requires_grad for p in net.parameters()]
         net.requires_grad_(False)               # gradients reach the inputs, not the Q parameters
         try:
-            return net(x, heads, extra)
+            return run()
         finally:
             for p, g in zip(net.parameters(), grads):
                 p.requires_grad_(g)

@@ -172,3 +172,13 @@ def test_task_vectors_renormalise_again_after_any_change():
     m.task_vectors(task)
     assert longest([2, 9]) <= 1 + 1e-6
 
+
+
+def test_shared_input_matmul_gradients():
+    """``y + x·w_hᵀ`` per head with the shared input's gradient computed transposed: gradcheck in float64."""
+    from tdmpc_opt_lib.layers import _AddSharedMatmul
+    torch.manual_seed(0)
+    y = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_AddSharedMatmul.apply, (y, x, w))

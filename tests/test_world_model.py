@@ -112,3 +112,47 @@ def test_polyak_update():
     m.sync_target(0.01)
     for p, tp, b in zip(m._Qs.parameters(), m._target_Qs.parameters(), before):
         torch.testing.assert_close(tp, b + 0.01 * (p - b))
+
+
+@pytest.mark.parametrize("num_q", [2, 5])
+def test_folded_task_embedding_matches_concatenation(num_q):
+    """With fused kernels, passes with no gradient into the weights or the embedding (no-grad encode, pi and
+    Q; Q(detach=True)) take the task embedding through per-task first-layer rows. Same outputs as the
+    concatenated inputs of an unfused copy (tasks broadcast over a leading horizon dim, an int task, two of five
+    heads drawn), same gradients w.r.t. z and a through the detached Q, and none for the Q weights."""
+    import copy
+    torch.manual_seed(0)
+    plain = WorldModel(model_config(None, ["cartpole-swingup", "reacher-easy", "cup-catch"], enc_dim=32, mlp_dim=48,
+                                    latent_dim=16, task_dim=8, num_q=num_q)).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, 0.3)
+    fused = copy.deepcopy(plain).fuse_kernels()
+    obs = torch.randn(3, 5, plain.cfg.obs_dim)
+    task, a = torch.tensor([0, 2, 1, 1, 2]), torch.rand(3, 5, plain.cfg.action_dim) * 2 - 1
+    outs = []
+    for m in (plain, fused):
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            z = m.encode(obs, task)
+            res = [z, m.encode(obs[0], 1), m.pi(z, task, torch.Generator().manual_seed(2))[1]["mean"],
+                   m.Q(z, a, task, "all"), m.Q(z, a, task, "min", target=True, generator=g),
+                   m.Q(z[0], a[0], 2, "avg", generator=g)]
+        zg, ag = z.clone().requires_grad_(), a.clone().requires_grad_()
+        q = m.Q(zg, ag, task, "avg", detach=True, generator=g)
+        q.square().sum().backward()
+        assert all(p.grad is None for p in m._Qs.parameters()) and m._task_emb.weight.grad is None
+        outs.append([*res, q.detach(), zg.grad, ag.grad])
+    for got, want in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_folding_only_without_gradients_into_weights():
+    """Training's gradient passes (encode, pi with gradients) keep the concatenated inputs: the per-task rows
+    would need a scatter back into the embedding and the weights."""
+    m = WorldModel(model_config(None, ["cartpole-swingup"], enc_dim=32, mlp_dim=32, latent_dim=16, task_dim=4)).fuse_kernels()
+    assert not m._foldable(m._pi[0]) and not m._foldable(m._encoder["state"][0])
+    assert m._foldable(m._Qs[0], detach=True)
+    with torch.no_grad():
+        assert m._foldable(m._pi[0])
+    assert not m.fuse_kernels(False)._foldable(m._Qs[0], detach=True)   # unfused models keep the public path
