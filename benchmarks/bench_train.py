@@ -98,7 +98,7 @@ def main() -> None:
                 c = dataclasses.replace(cfg, d_coef=0.4) if teacher else cfg
                 learners[name, fused] = training.Learner(WorldModel(model_config(size, "mt30")), c, teacher=teacher,
                                                          compile=fused)
-        gflop = {name: update_gflop(learners[name, False], sampler.sample()) for name in configs}
+        gflop = {name: update_gflop(learners[name, True], sampler.sample()) for name in configs}
         rates = block_rates(learners, sampler, args.rounds, args.block)
         print(f"updates/s over {args.rounds} blocks of {args.block} updates, configurations taking turns; "
               "median (best block); fused = WorldModel.fuse_kernels, the default")
