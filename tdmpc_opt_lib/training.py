@@ -122,6 +122,21 @@ def check_teacher(teacher: ModelConfig, student: ModelConfig) -> None:
         raise ValueError("teacher and student are incompatible; " + "; ".join(bad))
 
 
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
+    """``nn.utils.clip_grad_norm_(params, max_norm, foreach=True)``: the same norm and the same factor
+    ``min(1, max_norm / (norm + 1e-6))``, but on the CPU the rescale is skipped when that factor is 1. Torch
+    multiplies by 1 anyway to spare GPUs a synchronisation; here that was a pass over every gradient (0.66 ms
+    per call), and TD-MPC2's gradient norms stay far below the clip (20) in our runs."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    if norm.device.type != "cpu" or factor.item() < 1.0:
+        torch._foreach_mul_(grads, factor)
+    return norm
+
+
 class Learner:
     """Owns the optimizers, the running Q scale and the (optional) teacher; ``update`` is one gradient step."""
 
@@ -202,7 +217,7 @@ class Learner:
         self.optim.zero_grad(set_to_none=True)
         total, zs, out = self.model_losses(obs, action, reward, task, next_z, td)
         total.backward()
-        out["grad_norm"] = nn.utils.clip_grad_norm_(self.params, c.grad_clip, foreach=True)
+        out["grad_norm"] = clip_grad_norm(self.params, c.grad_clip)
         self.optim.step()
 
         zs = zs.detach()
@@ -211,7 +226,7 @@ class Learner:
         self.scale = losses.q_scale(self.scale, q[0], c.tau)
         out["pi"] = losses.policy_loss(q, info["scaled_entropy"], self.scale, c.rho, c.entropy_coef)
         out["pi"].backward()
-        out["pi_grad_norm"] = nn.utils.clip_grad_norm_(m._pi.parameters(), c.grad_clip, foreach=True)
+        out["pi_grad_norm"] = clip_grad_norm(m._pi.parameters(), c.grad_clip)
         self.pi_optim.step()
         self.pi_optim.zero_grad(set_to_none=True)
 

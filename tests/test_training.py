@@ -222,3 +222,21 @@ def test_deleted_training_log_gives_a_clear_error(dataset, tmp_path):
     training.train(_cfg(dataset, tmp_path, steps=2), progress=False)   # the finished run loads; its log is empty
     with pytest.raises(ValueError, match="no logged rows"):
         training.read_metrics(tmp_path)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])
+def test_clip_grad_norm_matches_torch(max_norm):
+    """Same norm and bit-identical gradients as nn.utils.clip_grad_norm_, clipping (tiny max_norm) or not."""
+    import copy
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3)) for _ in range(2)]
+    nets[1] = copy.deepcopy(nets[0])
+    x = torch.randn(4, 5)
+    for net in nets:
+        net(x).square().sum().backward()
+    ref = torch.nn.utils.clip_grad_norm_(nets[0].parameters(), max_norm, foreach=True)
+    got = training.clip_grad_norm(nets[1].parameters(), max_norm)
+    assert torch.equal(got, ref)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a.grad, b.grad)
+    assert (ref > max_norm) == (max_norm == 1e-3)                     # both regimes were exercised

@@ -156,3 +156,16 @@ def test_folding_only_without_gradients_into_weights():
     with torch.no_grad():
         assert m._foldable(m._pi[0])
     assert not m.fuse_kernels(False)._foldable(m._Qs[0], detach=True)   # unfused models keep the public path
+
+
+def test_train_and_eval_reach_every_submodule_including_swapped_ones():
+    m = WorldModel(model_config(None, ["cartpole-swingup"], enc_dim=32, mlp_dim=32, latent_dim=16, task_dim=4))
+    m.eval()
+    assert not any(mod.training for mod in m.modules())
+    m._pi[1] = torch.nn.Sequential(torch.nn.Dropout(0.5))          # swapped in later (as quantization does)
+    m.train()
+    assert all(mod.training for mod in m.modules())
+    m.eval()
+    assert not any(mod.training for mod in m.modules())
+    with pytest.raises(ValueError, match="bool"):
+        m.train("no")
