@@ -212,8 +212,8 @@ class Learner:
             next_z = m.encode(obs[1:], task)
             td = self.td_targets(next_z, reward, task)
         m.train()
-        # The policy loss of the previous step left gradients on the task embedding; TD-MPC-Opt's
-        # TD-MPC2 version clears them here (newer TD-MPC2 lets them leak into this step).
+        # In TD-MPC-Opt's TD-MPC2 version the policy loss's gradient on the task embedding is cleared here, before
+        # any step uses it (newer TD-MPC2 lets it leak into this step); below it is not computed at all.
         self.optim.zero_grad(set_to_none=True)
         total, zs, out = self.model_losses(obs, action, reward, task, next_z, td)
         total.backward()
@@ -221,7 +221,9 @@ class Learner:
         self.optim.step()
 
         zs = zs.detach()
-        a, info = m.pi(zs, task)
+        # No gradient for the task embedding (it is not in pi_optim; the next zero_grad would discard it): the
+        # policy's first layer then computes no input gradient.
+        a, info = m.pi(zs, task, detach=True)
         q = m.Q(zs, a, task, return_type="avg", detach=True)
         self.scale = losses.q_scale(self.scale, q[0], c.tau)
         out["pi"] = losses.policy_loss(q, info["scaled_entropy"], self.scale, c.rho, c.entropy_coef)

@@ -165,12 +165,14 @@ class WorldModel(nn.Module):
         """Reward logits over ``num_bins`` symlog bins."""
         return self._reward(torch.cat([self.task_emb(z, task), a], dim=-1))
 
-    def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """Sample an action from the squashed-Gaussian policy prior; ``info`` holds mean, log_std, entropies."""
+    def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None,
+           detach: bool = False) -> tuple[torch.Tensor, dict]:
+        """Sample an action from the squashed-Gaussian policy prior; ``info`` holds mean, log_std, entropies.
+        ``detach``: the task embedding enters as a constant (no gradient reaches it)."""
         if self._foldable(self._pi[0]):
             out = self._folded(self._pi, z, task).reshape(*z.shape[:-1], 2 * self.cfg.action_dim)
         else:
-            out = self._pi(self.task_emb(z, task))
+            out = self._pi(self.task_emb(z, task, detach=detach))
         mean, log_std = out.chunk(2, dim=-1)
         log_std = math.scale_log_std(log_std, self.cfg.log_std_min, self.cfg.log_std_max)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)

@@ -240,3 +240,29 @@ def test_clip_grad_norm_matches_torch(max_norm):
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.equal(a.grad, b.grad)
     assert (ref > max_norm) == (max_norm == 1e-3)                     # both regimes were exercised
+
+
+def test_policy_loss_leaves_the_task_embedding_alone(monkeypatch):
+    """The policy loss's gradient on the task embedding is not computed (the next zero_grad discarded it):
+    three updates give bit-identical parameters to updates that compute it."""
+    import copy
+    torch.manual_seed(0)
+    cfg = model_config(None, TASKS, **TEACHER)
+    base = WorldModel(cfg)
+    batch = {"obs": torch.randn(4, 16, cfg.obs_dim), "action": torch.rand(3, 16, cfg.action_dim) * 2 - 1,
+             "reward": torch.rand(3, 16, 1), "task": torch.tensor([0, 1] * 8)}
+    models = []
+    for detach in (True, False):
+        if not detach:                                    # the reference: pi computes the embedding's gradient
+            pi = WorldModel.pi
+            monkeypatch.setattr(WorldModel, "pi", lambda self, z, task, generator=None, detach=False:
+                                pi(self, z, task, generator))
+        torch.manual_seed(1)
+        learner = training.Learner(copy.deepcopy(base), training.UpdateConfig(batch_size=16))
+        for _ in range(3):
+            learner.update(**batch)
+        models.append(learner.model)
+    # the leftover gradients differ (the reference's includes the policy loss's), the parameters do not
+    assert not torch.allclose(models[0]._task_emb.weight.grad, models[1]._task_emb.weight.grad)
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.equal(a, b)
