@@ -304,18 +304,43 @@ class _AddSharedMatmul(torch.autograd.Function):
         return (g if need[0] else None), gx, gw
 
 
+class _AddTaskRows(torch.autograd.Function):
+    """``y [..., H·B, out] += P[..., task[b], :]`` in place, ``task [B]`` repeating over the H row blocks. The
+    gradient of ``P [..., T, out]`` is summed over H, then per task with ``index_add_`` (autograd's own gather
+    backward, ``index_put_`` with accumulation, sorts the indices and cost more than the matmul it spares)."""
+
+    @staticmethod
+    def forward(ctx, y, P, task):
+        ctx.mark_dirty(y)
+        ctx.save_for_backward(task)
+        ctx.tasks = P.shape[-2]
+        B = task.shape[0]
+        y.view(*y.shape[:-2], -1, B, y.shape[-1]).add_(P.index_select(-2, task).unsqueeze(-3))
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        task, = ctx.saved_tensors
+        gP = None
+        if ctx.needs_input_grad[1]:
+            per_row = g.reshape(*g.shape[:-2], -1, task.shape[0], g.shape[-1]).sum(-3)
+            gP = g.new_zeros(*g.shape[:-2], ctx.tasks, g.shape[-1]).index_add_(-2, task, per_row)
+        return g, gP, None
+
+
 def folded_first_layer(layer: NormedLinear | EnsembleLinear, x: torch.Tensor, task: torch.Tensor,
                        table: torch.Tensor, extra: torch.Tensor | None = None,
                        heads: torch.Tensor | None = None) -> torch.Tensor:
     """The linear part (bias included) of ``layer`` on ``[x, table[task], extra]``, the embedding's share
-    computed once per task (``table · W_eᵀ + b``, a few dozen rows) and gathered per row, so that the matmul
-    over the rows spans only ``x`` and ``extra``. For passes with no gradient into ``table`` or the weights
-    (``x`` and ``extra`` may have one).
+    computed once per task (``table · W_eᵀ + b``, a few dozen rows) and added to the rows, so that the
+    matmul over the rows spans only ``x`` and ``extra``. Gradients reach ``x``, ``extra``, ``table`` and the
+    weights as through the concatenated input.
 
     ``x [*lead, k]``, ``task`` broadcastable to ``lead``, ``table [T, E]``, ``extra [*lead, j]`` → ``[R, out]``
     for a NormedLinear, ``[n, R, out]`` for an EnsembleLinear (R = rows of ``lead``)."""
-    k, E = x.shape[-1], table.shape[-1]
-    idx = task.expand(x.shape[:-1]).reshape(-1)
+    k, E, lead = x.shape[-1], table.shape[-1], x.shape[:-1]
+    if not (task.dim() == 1 and lead and lead[-1] == task.shape[0]):   # one task per row
+        task = task.expand(lead).reshape(-1)
     x = x.reshape(-1, k)
     extra = extra.reshape(-1, extra.shape[-1]) if extra is not None else None
     w, b = layer.weight, layer.bias
@@ -324,8 +349,8 @@ def folded_first_layer(layer: NormedLinear | EnsembleLinear, x: torch.Tensor, ta
             w, b = w[heads], b[heads]
         n = w.shape[0]
         per_task = torch.baddbmm(b.unsqueeze(1), table.expand(n, *table.shape), w[..., k:k + E].transpose(1, 2))
-        y = torch.baddbmm(per_task[:, idx], x.expand(n, *x.shape), w[..., :k].transpose(1, 2))
+        y = _AddTaskRows.apply(torch.bmm(x.expand(n, *x.shape), w[..., :k].transpose(1, 2)), per_task, task)
         return _AddSharedMatmul.apply(y, extra, w[..., k + E:]) if extra is not None else y
     per_task = torch.addmm(b, table, w[:, k:k + E].t())
-    y = torch.addmm(per_task[idx], x, w[:, :k].t())
+    y = _AddTaskRows.apply(torch.mm(x, w[:, :k].t()), per_task, task)
     return torch.addmm(y, extra, w[:, k + E:].t()) if extra is not None else y

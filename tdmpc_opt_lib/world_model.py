@@ -129,19 +129,22 @@ class WorldModel(nn.Module):
             self.__dict__["_renormed"] = state()
 
     @staticmethod
-    def _foldable(layer: nn.Module, detach: bool = False) -> bool:
-        """Whether an MLP's first layer may take the task embedding folded (:func:`folded_first_layer`): fused
-        kernels on (as in training), a plain float layer, and no gradient into its weights or the embedding."""
-        return type(layer) in (NormedLinear, EnsembleLinear) and layer.fused and (detach or not torch.is_grad_enabled())
+    def _foldable(layer: nn.Module) -> bool:
+        """Whether an MLP's first layer takes the task embedding folded (:func:`folded_first_layer`): with fused
+        kernels on (as in training) and a plain float layer."""
+        return type(layer) in (NormedLinear, EnsembleLinear) and layer.fused
 
     def _folded(self, net: nn.Sequential, x: torch.Tensor, task: TaskLike, extra: torch.Tensor | None = None,
-                heads: torch.Tensor | None = None) -> torch.Tensor:
-        """``net([x, emb(task), extra])`` with the first layer folded: rows flattened, ``[R, out]`` (or
-        ``[n, R, out]`` for an ensemble)."""
+                heads: torch.Tensor | None = None, detach: bool = False) -> torch.Tensor:
+        """``net([x, emb(task), extra])`` with the first layer folded (``detach``: the embedding as a constant):
+        rows flattened, ``[R, out]`` (or ``[n, R, out]`` for an ensemble)."""
         task = torch.as_tensor(task, device=x.device).long()
         self._renorm(task)
+        w = self._task_emb.weight
+        # a copy: the weights are renormalised in place when the next batch's tasks are looked up
+        table = w.detach() if detach or not torch.is_grad_enabled() else w.clone()
         first, ensemble = net[0], isinstance(net[0], EnsembleLinear)
-        y = folded_first_layer(first, x, task, self._task_emb.weight.detach(), extra, heads)
+        y = folded_first_layer(first, x, task, table, extra, heads)
         y = first.tail(y, heads) if ensemble else first.tail(y)
         for layer in list(net)[1:]:
             y = layer(y, heads) if ensemble else layer(y)
@@ -159,10 +162,14 @@ class WorldModel(nn.Module):
         return net(self.task_emb(obs, task))
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        if self._foldable(self._dynamics[0]):
+            return self._folded(self._dynamics, z, task, a).reshape(z.shape)
         return self._dynamics(torch.cat([self.task_emb(z, task), a], dim=-1))
 
     def reward(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
         """Reward logits over ``num_bins`` symlog bins."""
+        if self._foldable(self._reward[0]):
+            return self._folded(self._reward, z, task, a).reshape(*z.shape[:-1], self.cfg.num_bins)
         return self._reward(torch.cat([self.task_emb(z, task), a], dim=-1))
 
     def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None,
@@ -170,7 +177,7 @@ class WorldModel(nn.Module):
         """Sample an action from the squashed-Gaussian policy prior; ``info`` holds mean, log_std, entropies.
         ``detach``: the task embedding enters as a constant (no gradient reaches it)."""
         if self._foldable(self._pi[0]):
-            out = self._folded(self._pi, z, task).reshape(*z.shape[:-1], 2 * self.cfg.action_dim)
+            out = self._folded(self._pi, z, task, detach=detach).reshape(*z.shape[:-1], 2 * self.cfg.action_dim)
         else:
             out = self._pi(self.task_emb(z, task, detach=detach))
         mean, log_std = out.chunk(2, dim=-1)
@@ -204,8 +211,8 @@ class WorldModel(nn.Module):
             heads = two_random_heads(self.cfg.num_q, generator, z.device)
             if self.cfg.num_q == 2:
                 heads = None
-        if self._foldable(net[0], detach):
-            logits = self._frozen(net, detach, lambda: self._folded(net, z, task, a, heads))
+        if self._foldable(net[0]):
+            logits = self._frozen(net, detach, lambda: self._folded(net, z, task, a, heads, detach))
         else:
             ze = self.task_emb(z, task, detach=detach).reshape(-1, z.shape[-1] + self.cfg.task_dim)
             a = a.reshape(-1, a.shape[-1])

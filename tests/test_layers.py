@@ -182,3 +182,15 @@ def test_shared_input_matmul_gradients():
     x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_AddSharedMatmul.apply, (y, x, w))
+
+
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_task_rows_gradients(lead):
+    """``y += P[task]`` over H row blocks (``lead``: an ensemble dim or none), its per-task gradient summed with
+    index_add: gradcheck in float64, repeated tasks included."""
+    from tdmpc_opt_lib.layers import _AddTaskRows
+    torch.manual_seed(0)
+    task = torch.tensor([2, 0, 2, 1])
+    y = torch.randn(*lead, 3 * 4, 5, dtype=torch.float64, requires_grad=True)
+    P = torch.randn(*lead, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda y, P: _AddTaskRows.apply(y.clone(), P, task), (y, P))

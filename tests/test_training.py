@@ -194,18 +194,22 @@ def test_model_losses_match_a_per_step_reference(dataset):
 
 
 def test_fused_kernels_match_eager_losses_and_gradients():
-    """WorldModel.fuse_kernels (compiled LayerNorm+Mish) changes speed, not results (dropout off in eval)."""
+    """WorldModel.fuse_kernels (C / compiled LayerNorm+Mish, the task embedding folded into per-task first-layer
+    rows) changes speed, not results: losses and every parameter's gradient, the task embedding's included
+    (dropout off in eval)."""
     import copy
     torch.manual_seed(0)
     eager = WorldModel(model_config(None, TASKS, **TEACHER)).eval()
     fused = copy.deepcopy(eager).fuse_kernels()
-    obs = torch.randn(8, eager.cfg.obs_dim)
-    a, task = torch.rand(8, eager.cfg.action_dim) * 2 - 1, torch.tensor([0, 1] * 4)
+    obs = torch.randn(3, 8, eager.cfg.obs_dim)                      # tasks repeat over a horizon dim, as in training
+    a, task = torch.rand(3, 8, eager.cfg.action_dim) * 2 - 1, torch.tensor([0, 1, 1, 0, 1, 1, 1, 0])
     outs = []
     for m in (eager, fused):
+        torch.manual_seed(1)
         z = m.encode(obs, task)
         q = m.Q(z, a, task, "all")
         loss = m.next(z, a, task).square().sum() + m.reward(z, a, task).square().mean() + q.square().mean()
+        loss = loss + m.pi(z, task)[1]["mean"].square().sum() + m.Q(z, a, task, "avg", detach=True).sum()
         loss.backward()
         outs.append((loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
