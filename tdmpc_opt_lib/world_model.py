@@ -59,8 +59,9 @@ class WorldModel(nn.Module):
 
     def fuse_kernels(self, on: bool = True) -> "WorldModel":
         """Run every dropout→LayerNorm→Mish/SimNorm tail as one forward kernel and one hand-derived backward
-        kernel (C on CPU float32, :mod:`tdmpc_opt_lib.kernels`; ``torch.compile``'d elsewhere): faster
-        training, same results to float rounding (dropout masks come from another RNG)."""
+        kernel (C on CPU float32, :mod:`tdmpc_opt_lib.kernels`; ``torch.compile``'d elsewhere), and take the task
+        embedding into each first layer as per-task rows (:func:`folded_first_layer`): faster training, same
+        results to float rounding (dropout masks come from another RNG)."""
         for mod in self.modules():
             if isinstance(mod, (NormedLinear, EnsembleLinear)):
                 mod.fused = on
