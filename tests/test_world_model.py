@@ -127,6 +127,7 @@ def test_folded_task_embedding_matches_concatenation(num_q):
         for p in plain.parameters():
             p.normal_(0, 0.3)
     fused = copy.deepcopy(plain).fuse_kernels()
+    fused.FOLD_MIN_ROWS = 1                                         # fold these few rows too
     obs = torch.randn(3, 5, plain.cfg.obs_dim)
     task, a = torch.tensor([0, 2, 1, 1, 2]), torch.rand(3, 5, plain.cfg.action_dim) * 2 - 1
     outs = []
@@ -147,11 +148,15 @@ def test_folded_task_embedding_matches_concatenation(num_q):
 
 
 def test_only_fused_models_fold():
-    """Unfused models (loaded checkpoints, evaluation, golden checks) keep the public concatenated inputs."""
+    """Unfused models (loaded checkpoints, evaluation, golden checks) keep the public concatenated inputs, and
+    fused ones too for small batches."""
     m = WorldModel(model_config(None, ["cartpole-swingup"], enc_dim=32, mlp_dim=32, latent_dim=16, task_dim=4))
-    assert not any(m._foldable(net[0]) for net in (m._pi, m._dynamics, m._reward, m._Qs, m._encoder["state"]))
+    nets = (m._pi, m._dynamics, m._reward, m._Qs, m._encoder["state"])
+    rows = torch.zeros(2, m.FOLD_MIN_ROWS // 2, 16)
+    assert not any(m._foldable(net[0], rows) for net in nets)
     m.fuse_kernels()
-    assert all(m._foldable(net[0]) for net in (m._pi, m._dynamics, m._reward, m._Qs, m._encoder["state"]))
+    assert all(m._foldable(net[0], rows) for net in nets)
+    assert not any(m._foldable(net[0], rows[:, 1:]) for net in nets)      # too few rows to pay for the folding
 
 
 def test_train_and_eval_reach_every_submodule_including_swapped_ones():
