@@ -154,3 +154,18 @@ def test_synthetic_dataset(tmp_path):
     rows = np.concatenate([np.arange(o, o + n) for o, n, t in zip(ds.episode_offset, ds.episode_length,
                                                                    ds.episode_task) if t == pendulum])
     assert np.all(ds.obs[rows, 3:] == 0)
+
+
+def test_mmap_advice_follows_dataset_size(tmp_path, monkeypatch):
+    mmap = pytest.importorskip("mmap")
+    if not hasattr(mmap, "MADV_RANDOM"):
+        pytest.skip("no madvise on this OS")
+    assert data.mmap_advice(50, ram=100) == mmap.MADV_NORMAL       # the page cache can hold it: fault-around
+    assert data.mmap_advice(51, ram=100) == mmap.MADV_RANDOM       # larger than half the memory: no read-ahead
+    assert data.mmap_advice(10, ram=0) == mmap.MADV_RANDOM         # memory unknown: the safe choice
+    asked = []
+    real = data.mmap_advice
+    monkeypatch.setattr(data, "mmap_advice", lambda n: asked.append(n) or real(n, ram=0))
+    ds = _tagged_dataset(tmp_path / "ds")
+    assert asked == [41 * 4 * (4 + 2 + 1)]                          # obs, action and reward bytes
+    assert ds.obs[7, 0] == 2
