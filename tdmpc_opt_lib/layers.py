@@ -344,13 +344,19 @@ def folded_first_layer(layer: NormedLinear | EnsembleLinear, x: torch.Tensor, ta
     x = x.reshape(-1, k)
     extra = extra.reshape(-1, extra.shape[-1]) if extra is not None else None
     w, b = layer.weight, layer.bias
-    if isinstance(layer, EnsembleLinear):
-        if heads is not None:
-            w, b = w[heads], b[heads]
+    ensemble = isinstance(layer, EnsembleLinear)
+    if ensemble and heads is not None:
+        w, b = w[heads], b[heads]
+    w_x, w_e, w_a = w[..., :k], w[..., k:k + E], w[..., k + E:]
+    if extra is not None and not (torch.is_grad_enabled() and extra.requires_grad):
+        # an input that takes no gradient (data actions; no-grad passes): one matmul over [x, extra] against the
+        # gathered weight columns, instead of a second one whose few columns run at a fraction of the matmul rate
+        x, w_x, extra = torch.cat([x, extra], -1), torch.cat([w_x, w_a], -1), None
+    if ensemble:
         n = w.shape[0]
-        per_task = torch.baddbmm(b.unsqueeze(1), table.expand(n, *table.shape), w[..., k:k + E].transpose(1, 2))
-        y = _AddTaskRows.apply(torch.bmm(x.expand(n, *x.shape), w[..., :k].transpose(1, 2)), per_task, task)
-        return _AddSharedMatmul.apply(y, extra, w[..., k + E:]) if extra is not None else y
-    per_task = torch.addmm(b, table, w[:, k:k + E].t())
-    y = _AddTaskRows.apply(torch.mm(x, w[:, :k].t()), per_task, task)
-    return torch.addmm(y, extra, w[:, k + E:].t()) if extra is not None else y
+        per_task = torch.baddbmm(b.unsqueeze(1), table.expand(n, *table.shape), w_e.transpose(1, 2))
+        y = _AddTaskRows.apply(torch.bmm(x.expand(n, *x.shape), w_x.transpose(1, 2)), per_task, task)
+        return _AddSharedMatmul.apply(y, extra, w_a) if extra is not None else y
+    per_task = torch.addmm(b, table, w_e.t())
+    y = _AddTaskRows.apply(torch.mm(x, w_x.t()), per_task, task)
+    return torch.addmm(y, extra, w_a.t()) if extra is not None else y
