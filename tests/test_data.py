@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 
 import numpy as np
 import pytest
@@ -157,7 +158,6 @@ def test_synthetic_dataset(tmp_path):
 
 
 def test_mmap_advice_follows_dataset_size(tmp_path, monkeypatch):
-    mmap = pytest.importorskip("mmap")
     if not hasattr(mmap, "MADV_RANDOM"):
         pytest.skip("no madvise on this OS")
     assert data.mmap_advice(50, ram=100) == mmap.MADV_NORMAL       # the page cache can hold it: fault-around
