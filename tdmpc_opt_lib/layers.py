@@ -285,22 +285,62 @@ class QEnsemble(nn.Sequential):
         return x
 
 
+class _SharedRowsMatmul(torch.autograd.Function):
+    """``x·w_hᵀ`` for every head h: ``x [R, k]`` shared, ``w [n, out, k]`` (column slices welcome) → ``[n, R, out]``.
+
+    One 2-D product per head, forward and backward: ``bmm`` over ``x`` expanded to the heads made oneDNN copy
+    the expanded (and, for the weight gradient, transposed) input first (:func:`runtime.onednn_fp32_matmul`)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        y = x.new_empty(w.shape[0], x.shape[0], w.shape[1])
+        for h in range(w.shape[0]):
+            torch.mm(x, w[h].t(), out=y[h])
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.mm(g[0], w[0])
+            for h in range(1, w.shape[0]):
+                gx.addmm_(g[h], w[h])
+        if ctx.needs_input_grad[1]:
+            gw = w.new_empty(w.shape)
+            for h in range(w.shape[0]):
+                torch.mm(g[h].t(), x, out=gw[h])
+        return gx, gw
+
+
 class _AddSharedMatmul(torch.autograd.Function):
-    """``y + x·w_hᵀ`` for every head h: ``y [n, R, out]``, ``x [R, k]`` shared, ``w [n, out, k]``. The gradient
-    of ``x`` is Σ_h g_h·w_h, computed transposed (``w_hᵀ·g_hᵀ``): for the action's few columns, torch's
+    """``y += x·w_hᵀ`` in place for every head h: ``y [n, R, out]``, ``x [R, k]`` shared, ``w [n, out, k]``. The
+    gradient of ``x`` is Σ_h g_h·w_h, computed transposed (``w_hᵀ·g_hᵀ``): for the action's few columns, torch's
     ``[n, R, out] @ [n, out, k]`` ran at ~12 GFLOP/s (0.68 ms for the policy loss's Q, 0.14 ms transposed)."""
 
     @staticmethod
     def forward(ctx, y, x, w):
+        ctx.mark_dirty(y)
         ctx.save_for_backward(x, w)
-        return torch.baddbmm(y, x.expand(w.shape[0], *x.shape), w.transpose(1, 2))
+        for h in range(w.shape[0]):
+            y[h].addmm_(x, w[h].t())
+        return y
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx = torch.bmm(w.transpose(1, 2), g.transpose(1, 2)).sum(0).t() if need[1] else None
-        gw = torch.bmm(g.transpose(1, 2), x.expand(w.shape[0], *x.shape)) if need[2] else None
+        gx = gw = None
+        if need[1]:
+            gx = torch.mm(w[0].t(), g[0].t())
+            for h in range(1, w.shape[0]):
+                gx.addmm_(w[h].t(), g[h].t())
+            gx = gx.t()
+        if need[2]:
+            gw = w.new_empty(w.shape)
+            for h in range(w.shape[0]):
+                torch.mm(g[h].t(), x, out=gw[h])
         return (g if need[0] else None), gx, gw
 
 
@@ -353,9 +393,10 @@ def folded_first_layer(layer: NormedLinear | EnsembleLinear, x: torch.Tensor, ta
         # gathered weight columns, instead of a second one whose few columns run at a fraction of the matmul rate
         x, w_x, extra = torch.cat([x, extra], -1), torch.cat([w_x, w_a], -1), None
     if ensemble:
-        n = w.shape[0]
-        per_task = torch.baddbmm(b.unsqueeze(1), table.expand(n, *table.shape), w_e.transpose(1, 2))
-        y = _AddTaskRows.apply(torch.bmm(x.expand(n, *x.shape), w_x.transpose(1, 2)), per_task, task)
+        n, out = w.shape[:2]
+        # the heads' embedding columns side by side (a view): one [T, E] × [E, n·out] product
+        per_task = (table @ w_e.reshape(n * out, E).t()).view(-1, n, out).transpose(0, 1) + b.unsqueeze(1)
+        y = _AddTaskRows.apply(_SharedRowsMatmul.apply(x, w_x), per_task, task)
         return _AddSharedMatmul.apply(y, extra, w_a) if extra is not None else y
     per_task = torch.addmm(b, table, w_e.t())
     y = _AddTaskRows.apply(torch.mm(x, w_x.t()), per_task, task)

@@ -28,7 +28,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import losses
-from .runtime import keep_freed_memory
+from .runtime import keep_freed_memory, onednn_fp32_matmul, onednn_matmul_is_fp32
 from .checkpoints import (CheckpointError, atomic_save, atomic_write_text, content_digest, load_checkpoint,
                           save_checkpoint)
 from .config import ModelConfig, model_config, task_set
@@ -160,6 +160,7 @@ class Learner:
         self.params = [p for g in self.optim.param_groups for p in g["params"]]
         self.scale = torch.ones((), device=model.discount.device)
         keep_freed_memory()
+        onednn_matmul_is_fp32()                      # its one-off probe here, not inside the first update
         if compile:  # fused LayerNorm+activation kernels: ~1.5x faster updates for the size-1 model on CPU
             model.fuse_kernels()
             if teacher is not None:
@@ -205,7 +206,13 @@ class Learner:
 
     def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                task: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One TD-MPC2 update on ``obs [H+1, B, obs]``, ``action [H, B, A]``, ``reward [H, B, 1]``, ``task [B]``."""
+        """One TD-MPC2 update on ``obs [H+1, B, obs]``, ``action [H, B, A]``, ``reward [H, B, 1]``, ``task [B]``
+        (CPU matmuls through oneDNN where that keeps them float32: :func:`runtime.onednn_fp32_matmul`)."""
+        with onednn_fp32_matmul():
+            return self._update(obs, action, reward, task)
+
+    def _update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                task: torch.Tensor) -> dict[str, torch.Tensor]:
         m, c = self.model, self.cfg
         m.eval()                                     # targets without Q dropout, as TD-MPC2 computes them
         with torch.no_grad():

@@ -175,13 +175,26 @@ def test_task_vectors_renormalise_again_after_any_change():
 
 
 def test_shared_input_matmul_gradients():
-    """``y + x·w_hᵀ`` per head with the shared input's gradient computed transposed: gradcheck in float64."""
+    """``y += x·w_hᵀ`` per head (in place) with the shared input's gradient computed transposed: gradcheck in
+    float64."""
     from tdmpc_opt_lib.layers import _AddSharedMatmul
     torch.manual_seed(0)
     y = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
     x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_AddSharedMatmul.apply, (y, x, w))
+    assert torch.autograd.gradcheck(lambda y, x, w: _AddSharedMatmul.apply(y.clone(), x, w), (y, x, w))
+
+
+def test_shared_rows_matmul():
+    """``x·w_hᵀ`` per head for a shared ``x``, on column slices of the weights as the folded first layers pass
+    them: the bmm over the expanded input, and gradcheck in float64."""
+    from tdmpc_opt_lib.layers import _SharedRowsMatmul
+    torch.manual_seed(0)
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    w_full = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
+    run = lambda x, w_full: _SharedRowsMatmul.apply(x, w_full[..., 2:6])
+    torch.testing.assert_close(run(x, w_full), torch.bmm(x.expand(3, 7, 4), w_full[..., 2:6].transpose(1, 2)))
+    assert torch.autograd.gradcheck(run, (x, w_full))
 
 
 @pytest.mark.parametrize("lead", [(), (3,)])
