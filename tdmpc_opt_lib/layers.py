@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
+from .runtime import onednn_matmul_active
 
 
 class SimNorm(nn.Module):
@@ -394,9 +395,14 @@ def folded_first_layer(layer: NormedLinear | EnsembleLinear, x: torch.Tensor, ta
         x, w_x, extra = torch.cat([x, extra], -1), torch.cat([w_x, w_a], -1), None
     if ensemble:
         n, out = w.shape[:2]
-        # the heads' embedding columns side by side (a view): one [T, E] × [E, n·out] product
-        per_task = (table @ w_e.reshape(n * out, E).t()).view(-1, n, out).transpose(0, 1) + b.unsqueeze(1)
-        y = _AddTaskRows.apply(_SharedRowsMatmul.apply(x, w_x), per_task, task)
+        if onednn_matmul_active():      # oneDNN would copy the expanded inputs first; with MKL, bmm is faster
+            # the heads' embedding columns side by side (a view): one [T, E] × [E, n·out] product
+            per_task = (table @ w_e.reshape(n * out, E).t()).view(-1, n, out).transpose(0, 1) + b.unsqueeze(1)
+            xw = _SharedRowsMatmul.apply(x, w_x)
+        else:
+            per_task = torch.baddbmm(b.unsqueeze(1), table.expand(n, *table.shape), w_e.transpose(1, 2))
+            xw = torch.bmm(x.expand(n, *x.shape), w_x.transpose(1, 2))
+        y = _AddTaskRows.apply(xw, per_task, task)
         return _AddSharedMatmul.apply(y, extra, w_a) if extra is not None else y
     per_task = torch.addmm(b, table, w_e.t())
     y = _AddTaskRows.apply(torch.mm(x, w_x.t()), per_task, task)

@@ -36,6 +36,12 @@ def keep_freed_memory() -> bool:
 
 
 _onednn_exact: bool | None = None
+_onednn_active = False
+
+
+def onednn_matmul_active() -> bool:
+    """Whether :func:`onednn_fp32_matmul` is routing float32 matmuls to oneDNN right now."""
+    return _onednn_active
 
 
 def onednn_matmul_is_fp32() -> bool:
@@ -85,9 +91,10 @@ def onednn_fp32_matmul() -> Iterator[bool]:
             mkldnn.matmul.fp32_precision not in ("none", "ieee") or not onednn_matmul_is_fp32():
         yield False
         return
-    prev = mkldnn.matmul.fp32_precision
-    mkldnn.matmul.fp32_precision = "bf16"
+    global _onednn_active
+    prev, prev_active = mkldnn.matmul.fp32_precision, _onednn_active
+    mkldnn.matmul.fp32_precision, _onednn_active = "bf16", True
     try:
         yield True
     finally:
-        mkldnn.matmul.fp32_precision = prev
+        mkldnn.matmul.fp32_precision, _onednn_active = prev, prev_active

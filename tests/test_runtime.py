@@ -30,9 +30,9 @@ def test_onednn_matmul_context_sets_and_restores_the_flag(monkeypatch):
     mkldnn = torch.backends.mkldnn.matmul
     before = mkldnn.fp32_precision
     with runtime.onednn_fp32_matmul() as on:
-        assert on == runtime.onednn_matmul_is_fp32()
+        assert on == runtime.onednn_matmul_is_fp32() == runtime.onednn_matmul_active()
         assert mkldnn.fp32_precision == ("bf16" if on else before)
-    assert mkldnn.fp32_precision == before
+    assert mkldnn.fp32_precision == before and not runtime.onednn_matmul_active()
     with pytest.raises(KeyError):
         with runtime.onednn_fp32_matmul():
             raise KeyError("boom")
