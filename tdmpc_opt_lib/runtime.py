@@ -48,9 +48,9 @@ def onednn_matmul_is_fp32() -> bool:
     """Whether float32 matmuls routed to oneDNN (``fp32_precision = "bf16"``) still compute in float32 here
     (measured on the first call, ~0.1 s; cached).
 
-    ``"bf16"`` lets oneDNN round the inputs to bfloat16, which it does only with AMX; elsewhere (AVX-512 BF16
-    without AMX, e.g. AMD Zen 4) it runs its float32 brgemm kernels. Checked, not assumed: products of the
-    training shapes' sizes must agree with float64 to float32 rounding (bfloat16 inputs miss by ~1e-3)."""
+    ``"bf16"`` allows oneDNN to round the inputs to bfloat16 (its AMX kernels do). On our AMD EPYC (AVX-512 BF16,
+    no AMX) it runs its float32 brgemm kernels instead. Checked, not assumed: products of the training shapes'
+    sizes must agree with float64 to float32 rounding (bfloat16 inputs miss by ~1e-3)."""
     global _onednn_exact
     if _onednn_exact is not None:
         return _onednn_exact
@@ -84,7 +84,7 @@ def onednn_fp32_matmul() -> Iterator[bool]:
     training's products 5-20 % faster than MKL's (a size-1 update at batch 256: ×1.05). Torch only routes
     float32 matmuls to oneDNN when it may use reduced precision (``torch.backends.mkldnn.matmul.fp32_precision
     = "bf16"``), so this is switched on only where :func:`onednn_matmul_is_fp32` found the results exact to
-    float32 rounding (so never on AMX machines), and only while no other precision has been chosen.
+    float32 rounding, and only while no other precision has been chosen.
     ``TDMPC_OPT_ONEDNN=0`` turns it off."""
     mkldnn = torch.backends.mkldnn
     if os.environ.get("TDMPC_OPT_ONEDNN", "1") == "0" or not mkldnn.is_available() or \
