@@ -48,8 +48,8 @@ def onednn_matmul_is_fp32() -> bool:
     """Whether float32 matmuls routed to oneDNN (``fp32_precision = "bf16"``) still compute in float32 here
     (measured on the first call, ~0.1 s; cached).
 
-    ``"bf16"`` allows oneDNN to round the inputs to bfloat16 (its AMX kernels do). On our AMD EPYC (AVX-512 BF16,
-    no AMX) it runs its float32 brgemm kernels instead. Checked, not assumed: products of the training shapes'
+    ``"bf16"`` allows oneDNN to round the inputs to bfloat16. On our AMD EPYC (AVX-512 BF16, no AMX) it runs its
+    float32 brgemm kernels anyway. Checked, not assumed: products of the training shapes'
     sizes must agree with float64 to float32 rounding (bfloat16 inputs miss by ~1e-3)."""
     global _onednn_exact
     if _onednn_exact is not None:
