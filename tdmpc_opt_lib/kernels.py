@@ -30,54 +30,99 @@ SOURCE = r"""
 
 /* The parameter row (weight, bias, pre_bias) of row r is r / rows_per_group. */
 
-static inline void act_forward(float *o, long D, long simnorm) {
-    if (!simnorm) {
+/* exp(x), x clamped to [-87, 88]: x = k·ln2 + r (Cody-Waite, |r| <= ln2/2), e^r by its degree-6 Taylor
+   polynomial, 2^k put into the exponent bits. ~2e-7 relative error (glibc's expf: 6e-8); plain arithmetic,
+   so that loops calling it vectorise inline (libmvec's expf is a call per vector: ~45 % of the Mish kernel). */
+static inline float fast_exp(float x) {
+    x = fminf(fmaxf(x, -87.f), 88.f);
+    float k = floorf(fmaf(x, 1.44269504f, 0.5f));
+    float r = fmaf(k, -0.693145752f, x);
+    r = fmaf(k, -1.42860677e-6f, r);
+    float p = 1.f / 720;
+    p = fmaf(p, r, 1.f / 120);
+    p = fmaf(p, r, 1.f / 24);
+    p = fmaf(p, r, 1.f / 6);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.f);
+    p = fmaf(p, r, 1.f);
+    union { float f; int i; } u = {p};
+    u.i += (int)k << 23;
+    return u.f;
+}
+
+/* softmax within each group of g consecutive features of o [D], in place; mx [D] is scratch */
+static inline void simnorm_forward(float *o, float *mx, long D, long g) {
+    for (long s = 0; s < D; s += g) {
+        float m = o[s];
+        for (long j = 1; j < g; j++) m = fmaxf(m, o[s + j]);
+        for (long j = 0; j < g; j++) mx[s + j] = m;
+    }
 #pragma omp simd
-        for (long j = 0; j < D; j++) {
-            float e = expf(fminf(o[j], 20.f)), n = e * (e + 2.f);
-            o[j] = o[j] * n / (n + 2.f);
-        }
-        return;
-    }
-    for (long s = 0; s < D; s += simnorm) {
-        float m = o[s], sum = 0.f;
-        for (long j = 1; j < simnorm; j++) m = fmaxf(m, o[s + j]);
-        for (long j = 0; j < simnorm; j++) { o[s + j] = expf(o[s + j] - m); sum += o[s + j]; }
+    for (long j = 0; j < D; j++) o[j] = fast_exp(o[j] - mx[j]);
+    for (long s = 0; s < D; s += g) {
+        float sum = 0.f;
+        for (long j = 0; j < g; j++) sum += o[s + j];
         float inv = 1.f / sum;
-        for (long j = 0; j < simnorm; j++) o[s + j] *= inv;
+        for (long j = 0; j < g; j++) o[s + j] *= inv;
     }
+}
+
+/* u = (y + pre_bias)·scale of one row (either may be NULL) → its mean; u is written */
+static inline float load_row(const float *yr, const float *pb, const float *sc, float *u, long D) {
+    float s1 = 0.f;
+    if (pb && sc) {
+#pragma omp simd reduction(+:s1)
+        for (long j = 0; j < D; j++) { u[j] = (yr[j] + pb[j]) * sc[j]; s1 += u[j]; }
+    } else if (pb) {
+#pragma omp simd reduction(+:s1)
+        for (long j = 0; j < D; j++) { u[j] = yr[j] + pb[j]; s1 += u[j]; }
+    } else if (sc) {
+#pragma omp simd reduction(+:s1)
+        for (long j = 0; j < D; j++) { u[j] = yr[j] * sc[j]; s1 += u[j]; }
+    } else {
+#pragma omp simd reduction(+:s1)
+        for (long j = 0; j < D; j++) { u[j] = yr[j]; s1 += u[j]; }
+    }
+    return s1 / D;
 }
 
 void ln_act_forward(const float *y, const float *pre_bias, const float *scale, const float *weight,
                     const float *bias, float *out, float *mean, float *rstd, long rows, long D,
                     long rows_per_group, long simnorm, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < rows; r++) {
-        long p = (r / rows_per_group) * D;
-        const float *yr = y + r * D;
-        float *u = out + r * D;
-        memcpy(u, yr, D * sizeof(float));
-        if (pre_bias) {
-#pragma omp simd
-            for (long j = 0; j < D; j++) u[j] += pre_bias[p + j];
-        }
-        if (scale) {
-#pragma omp simd
-            for (long j = 0; j < D; j++) u[j] *= scale[r * D + j];
-        }
-        float s1 = 0.f;
-#pragma omp simd reduction(+:s1)
-        for (long j = 0; j < D; j++) s1 += u[j];
-        float mu = s1 / D, s2 = 0.f;
+    float *scratch = simnorm ? malloc((size_t)threads * D * sizeof(float)) : NULL;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        float *mx = scratch ? scratch + (size_t)t * D : NULL;
+#pragma omp for schedule(static)
+        for (long r = 0; r < rows; r++) {
+            long p = (r / rows_per_group) * D;
+            const float *w = weight + p, *b = bias + p;
+            float *u = out + r * D;
+            float mu = load_row(y + r * D, pre_bias ? pre_bias + p : NULL, scale ? scale + r * D : NULL, u, D);
+            float s2 = 0.f;
 #pragma omp simd reduction(+:s2)
-        for (long j = 0; j < D; j++) { float d = u[j] - mu; s2 += d * d; }
-        float rs = 1.f / sqrtf(s2 / D + 1e-5f);
+            for (long j = 0; j < D; j++) { float d = u[j] - mu; s2 += d * d; }
+            float rs = 1.f / sqrtf(s2 / D + 1e-5f);
+            if (simnorm) {
 #pragma omp simd
-        for (long j = 0; j < D; j++) u[j] = (u[j] - mu) * rs * weight[p + j] + bias[p + j];
-        act_forward(u, D, simnorm);
-        mean[r] = mu;
-        rstd[r] = rs;
+                for (long j = 0; j < D; j++) u[j] = (u[j] - mu) * rs * w[j] + b[j];
+                simnorm_forward(u, mx, D, simnorm);
+            } else {
+#pragma omp simd
+                for (long j = 0; j < D; j++) {                  /* Mish: o·n/(n+2), n = eᵒ(eᵒ+2) */
+                    float o = (u[j] - mu) * rs * w[j] + b[j], e = fast_exp(fminf(o, 20.f)), n = e * (e + 2.f);
+                    u[j] = o * n / (n + 2.f);
+                }
+            }
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
     }
+    free(scratch);
 }
 
 /* gy = d/dy; gw, gb, gpb ([groups, D], may be NULL): sums over each group's rows of go·x̂, go and gy. */
@@ -88,7 +133,7 @@ void ln_act_backward(const float *g, const float *y, const float *pre_bias, cons
     long groups = (rows + rows_per_group - 1) / rows_per_group, P = groups * D;
     int sums = gw || gb || gpb;
     float *acc = sums ? calloc((size_t)threads * 3 * P, sizeof(float)) : NULL;
-    float *scratch = malloc((size_t)threads * 2 * D * sizeof(float));
+    float *scratch = malloc((size_t)threads * 3 * D * sizeof(float));
 #pragma omp parallel num_threads(threads)
     {
         int t = 0, nt = 1;
@@ -97,59 +142,62 @@ void ln_act_backward(const float *g, const float *y, const float *pre_bias, cons
         nt = omp_get_num_threads();
 #endif
         long lo = rows * t / nt, hi = rows * (t + 1) / nt;
-        float *xh = scratch + (size_t)t * 2 * D, *go = xh + D;
+        float *xh = scratch + (size_t)t * 3 * D, *go = xh + D, *mx = go + D;
         float *aw = sums ? acc + (size_t)t * 3 * P : NULL, *ab = aw ? aw + P : NULL, *ap = aw ? aw + 2 * P : NULL;
         for (long r = lo; r < hi; r++) {
             long p = (r / rows_per_group) * D;
-            const float *yr = y + r * D, *gr = g + r * D;
-            float mu = mean[r], rs = rstd[r];
-            memcpy(xh, yr, D * sizeof(float));
-            if (pre_bias) {
-#pragma omp simd
-                for (long j = 0; j < D; j++) xh[j] += pre_bias[p + j];
-            }
-            if (scale) {
-#pragma omp simd
-                for (long j = 0; j < D; j++) xh[j] *= scale[r * D + j];
-            }
-#pragma omp simd
-            for (long j = 0; j < D; j++) {
-                xh[j] = (xh[j] - mu) * rs;
-                go[j] = xh[j] * weight[p + j] + bias[p + j];        /* pre-activation o */
-            }
+            const float *gr = g + r * D, *w = weight + p, *b = bias + p, *sc = scale ? scale + r * D : NULL;
+            float mu = mean[r], rs = rstd[r], a = 0.f, c = 0.f;
+            load_row(y + r * D, pre_bias ? pre_bias + p : NULL, sc, xh, D);
+            /* go = g·act'(o) at the pre-activation o = x̂·w + b; a, c: the means of go·w and go·w·x̂ */
             if (!simnorm) {
-#pragma omp simd
+#pragma omp simd reduction(+:a, c)
                 for (long j = 0; j < D; j++) {
-                    float o = go[j], e = expf(fminf(o, 20.f)), n = e * (e + 2.f), th = n / (n + 2.f);
-                    go[j] = gr[j] * (th + o * (1.f - th * th) * (e / (1.f + e)));
+                    /* mish'(o) = t + o·(1 - t²)·σ(o), t = n/d, d = n + 2, σ = e/(1+e); as 1 - t² = 4(1+e)²/d²:
+                       mish'(o) = (n + 4·o·e·(1+e)/d) / d */
+                    float x = (xh[j] - mu) * rs, o = x * w[j] + b[j];
+                    float e = fast_exp(fminf(o, 20.f)), n = e * (e + 2.f), q = 1.f / (n + 2.f);
+                    float h = gr[j] * q * (n + 4.f * o * e * (1.f + e) * q), gx = h * w[j];
+                    xh[j] = x;
+                    go[j] = h;
+                    a += gx;
+                    c += gx * x;
                 }
             } else {
+#pragma omp simd
+                for (long j = 0; j < D; j++) {
+                    xh[j] = (xh[j] - mu) * rs;
+                    go[j] = xh[j] * w[j] + b[j];
+                }
+                simnorm_forward(go, mx, D, simnorm);
                 for (long s = 0; s < D; s += simnorm) {
-                    float m = go[s], sum = 0.f, dot = 0.f;
-                    for (long j = 1; j < simnorm; j++) m = fmaxf(m, go[s + j]);
-                    for (long j = 0; j < simnorm; j++) { go[s + j] = expf(go[s + j] - m); sum += go[s + j]; }
-                    float inv = 1.f / sum;
-                    for (long j = 0; j < simnorm; j++) { go[s + j] *= inv; dot += gr[s + j] * go[s + j]; }
+                    float dot = 0.f;
+                    for (long j = 0; j < simnorm; j++) dot += gr[s + j] * go[s + j];
                     for (long j = 0; j < simnorm; j++) go[s + j] *= gr[s + j] - dot;
                 }
-            }
-            float a = 0.f, c = 0.f;
 #pragma omp simd reduction(+:a, c)
-            for (long j = 0; j < D; j++) { float gx = go[j] * weight[p + j]; a += gx; c += gx * xh[j]; }
+                for (long j = 0; j < D; j++) { float gx = go[j] * w[j]; a += gx; c += gx * xh[j]; }
+            }
             a /= D;
             c /= D;
             float *gyr = gy + r * D;
-#pragma omp simd
-            for (long j = 0; j < D; j++) {
-                gyr[j] = rs * (go[j] * weight[p + j] - a - xh[j] * c);
-            }
-            if (scale) {
-#pragma omp simd
-                for (long j = 0; j < D; j++) gyr[j] *= scale[r * D + j];
-            }
             if (aw) {
+                float *pw = aw + p, *pb = ab + p, *pq = ap + p;
 #pragma omp simd
-                for (long j = 0; j < D; j++) { aw[p + j] += go[j] * xh[j]; ab[p + j] += go[j]; ap[p + j] += gyr[j]; }
+                for (long j = 0; j < D; j++) {
+                    float v = rs * (go[j] * w[j] - a - xh[j] * c);
+                    gyr[j] = sc ? v * sc[j] : v;
+                    pw[j] += go[j] * xh[j];
+                    pb[j] += go[j];
+                    pq[j] += gyr[j];
+                }
+            } else {
+#pragma omp simd
+                for (long j = 0; j < D; j++) gyr[j] = rs * (go[j] * w[j] - a - xh[j] * c);
+                if (sc) {
+#pragma omp simd
+                    for (long j = 0; j < D; j++) gyr[j] *= sc[j];
+                }
             }
         }
     }
