@@ -100,6 +100,10 @@ def main() -> None:
                                                          compile=fused)
         gflop = {name: update_gflop(learners[name, True], sampler.sample()) for name in configs}
         rates = block_rates(learners, sampler, args.rounds, args.block)
+        end = matmul_gflops()
+        print(f"fp32 matmul: {peak:.0f} GFLOP/s before the timed blocks, {end:.0f} after (the VM's drift); "
+              f"floors below at their mean")
+        peak = (peak + end) / 2
         print(f"updates/s over {args.rounds} blocks of {args.block} updates, configurations taking turns; "
               "median (best block); fused = WorldModel.fuse_kernels, the default")
         print(f"{'':<42}{'eager':>16}{'fused':>16}")
