@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import training
@@ -117,6 +118,27 @@ def collect(out_dir: str | os.PathLike) -> pd.DataFrame:
         r = json.loads(file.read_text())
         rows.append({**{k: v for k, v in r.items() if k != "tasks"}, **{f"task:{t}": s for t, s in r["tasks"].items()}})
     return pd.DataFrame(rows)
+
+
+# columns that differ between the runs of one configuration (or only name a file)
+PER_RUN = ("seed", "run", "cached", "finished", "teacher_path", "score", "train_s", "updates_per_s", "eval_s")
+
+
+def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration of ``runs`` (rows of :func:`collect` or :func:`run_grid`: every column not in
+    :data:`PER_RUN` and not a ``task:`` score identifies it), averaged over its seeds: ``score`` (mean normalized
+    score), ``score_se`` (standard error of that mean over the seeds; NaN for a single seed), ``seeds`` (how
+    many), the ``task:`` means and the mean ``train_s``. Configurations keep the order of their first run."""
+    if runs.empty:
+        return runs
+    tasks = [c for c in runs.columns if c.startswith("task:")]
+    keys = [c for c in runs.columns if c not in PER_RUN and c not in tasks]
+    groups = runs.groupby(keys, sort=False, dropna=False)
+    out = groups[["score", *tasks, *(["train_s"] if "train_s" in runs else [])]].mean()
+    n = groups.size()
+    out.insert(1, "score_se", groups["score"].std(ddof=1) / np.sqrt(n))
+    out.insert(2, "seeds", n)
+    return out.reset_index()
 
 
 def grid(base: dict[str, Any], **axes: list) -> list[dict[str, Any]]:

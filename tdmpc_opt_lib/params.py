@@ -77,6 +77,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_sizes": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
     "step_counts": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
     "teachers": (lambda v: _list_of(v, lambda x: Path(x).is_file()), "a list of existing checkpoint files"),
+    "seeds": (lambda v: _list_of(v, lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0)
+              and len(v) >= 1 and len(set(v)) == len(v), "a non-empty list of distinct integers >= 0"),
     "jobs": (_positive_int, "an integer >= 1"),
     "schemes": (lambda v: v == "all" or _list_of(v, lambda x: x in SCHEMES), f"'all' or a list of {SCHEMES}"),
     "released_tasks": (_tasks, "None, 'all', or MT30 task names (list or comma string)"),
@@ -155,13 +157,14 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "04_ablations": {
         "smoke": dict(teacher=_mt_mini_teacher, dataset=_mt_mini_dataset, d_coef=0.4, steps=None, batch_size=None, d_coefs=[0.0, 0.4], variants=[], batch_sizes=[],
-                      step_counts=[], teachers=[], jobs=1, out_dir=SMOKE_OUT),
+                      step_counts=[], teachers=[], seeds=[1], jobs=1, out_dir=SMOKE_OUT),
         "default": dict(teacher=_mt_mini_teacher, dataset=_mt_mini_dataset, d_coef=0.4, steps=None, batch_size=None, d_coefs=[0.0, 0.4, 0.9],
-                        variants=["latent-linear", "latent-pca"], batch_sizes=[], step_counts=[], teachers=[], jobs=2,
-                        out_dir=RESULTS),
+                        variants=["latent-linear", "latent-pca"], batch_sizes=[], step_counts=[], teachers=[], seeds=[1, 2],
+                        jobs=2, out_dir=RESULTS),
         "paper": dict(teacher=str(PAPER_TEACHER), dataset=str(PAPER_DATA), d_coef=0.4, steps=200_000, batch_size=256, d_coefs=[0.0, 0.05, 0.25, 0.4, 0.55, 0.6, 0.9],
                       variants=["latent-linear", "latent-pca"], batch_sizes=[128, 1024],
-                      step_counts=[337_000, 1_000_000], teachers=[str(PAPER_TEACHER_48M)], jobs=1, out_dir=RESULTS),
+                      step_counts=[337_000, 1_000_000], teachers=[str(PAPER_TEACHER_48M)], seeds=[1], jobs=1,
+                      out_dir=RESULTS),
     },
     "05_quantization": {
         "smoke": dict(checkpoint=_mt_mini_student, released=_released, schemes=["fp16", "int8", "paper-int8"], episodes=1,

@@ -49,12 +49,15 @@ def learning_curves(curves: pd.DataFrame) -> go.Figure:
 
 
 def ablation(ours: pd.DataFrame, paper: pd.DataFrame, x: str, title: str) -> go.Figure:
-    """Our scores (left) next to the paper's (right) along one ablation axis; colour = method/variant."""
+    """Our scores (left) next to the paper's (right) along one ablation axis; colour = method/variant. A
+    ``score_se`` column (standard error over seeds, :func:`experiments.over_seeds`) is drawn as error bars."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("ours (MT-mini)", "paper (MT30)"))
     for col, df in ((1, ours), (2, paper)):
         for name, g in df.groupby("label", sort=False):
             g = g.sort_values(x)
-            fig.add_trace(go.Scatter(x=g[x], y=g["score"], mode="lines+markers", name=f"{name}",
+            se = g["score_se"] if "score_se" in g else None
+            error = dict(type="data", array=se.fillna(0).tolist()) if se is not None and se.notna().any() else None
+            fig.add_trace(go.Scatter(x=g[x], y=g["score"], mode="lines+markers", name=f"{name}", error_y=error,
                                      legendgroup=f"{col}{name}", showlegend=True), 1, col)
     fig.update_xaxes(title_text=x)
     fig.update_yaxes(title_text="normalized score")

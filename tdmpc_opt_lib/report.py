@@ -52,9 +52,9 @@ def to_html(executed: Path) -> Path:
 
 def task_scores(results: str | os.PathLike, reference: str | os.PathLike | None = MT_MINI_DIR) -> pd.DataFrame:
     """Task × model table of mean scores from what the notebooks saved in ``results``: the teacher (01),
-    every finished distillation run (03/04), every quantized variant of each model (05), and the committed
+    every distillation configuration (03/04; runs of several seeds averaged), every quantized variant of each model (05), and the committed
     MT-mini teacher/students of ``reference``."""
-    from .experiments import collect
+    from .experiments import collect, over_seeds
 
     results, cols = Path(results), {}
     f01 = results / "01_teacher_episodes.csv"
@@ -62,9 +62,10 @@ def task_scores(results: str | os.PathLike, reference: str | os.PathLike | None 
         df = pd.read_csv(f01)
         for name, g in df.groupby("model", sort=False):
             cols[name] = g.groupby("task", sort=False).score.mean()
-    runs = collect(results)
+    runs = over_seeds(collect(results))
     for _, r in runs.iterrows():
         label = ("scratch" if r.d_coef == 0 else f"{r.distill} d{r.d_coef:g}") + f" {r.steps} steps bs{r.batch_size}"
+        label += f" ({r.seeds} seeds)" if r.seeds > 1 else ""
         cols[label] = pd.Series({c[5:]: r[c] for c in runs.columns if c.startswith("task:")}, dtype=float)
     f05 = results / "05_quantization_episodes.csv"
     if f05.is_file():
@@ -82,9 +83,9 @@ def task_scores(results: str | os.PathLike, reference: str | os.PathLike | None 
 
 def headline(results: str | os.PathLike, reference: str | os.PathLike | None = MT_MINI_DIR) -> pd.DataFrame:
     """The report's headline: normalized score of teacher, distilled and from-scratch students (the longest runs
-    of each kind) and the quantized variants, over the tasks each was evaluated on; plus the committed MT-mini
+    of each kind, averaged over their seeds) and the quantized variants, over the tasks each was evaluated on; plus the committed MT-mini
     teacher and students of ``reference`` (``data/mt-mini``: longer runs, evaluated with MPPI too)."""
-    from .experiments import collect
+    from .experiments import collect, over_seeds
 
     results, rows = Path(results), []
     f01 = results / "01_teacher_episodes.csv"
@@ -92,13 +93,14 @@ def headline(results: str | os.PathLike, reference: str | os.PathLike | None = M
         df = pd.read_csv(f01)
         for name, g in df.groupby("model", sort=False):
             rows.append((name, "01", g.groupby("task").score.mean().mean(), g.task.nunique()))
-    runs = collect(results)
+    runs = over_seeds(collect(results))
     if not runs.empty:
         for (d, kind), g in runs.groupby(["d_coef", "distill"]):
             r = g.sort_values(["steps", "batch_size"]).iloc[-1]
             label = "student from scratch" if d == 0 else f"student distilled ({kind}, d_coef {d:g})"
+            label += f", {r.steps} steps, batch {r.batch_size}" + (f", mean of {r.seeds} seeds" if r.seeds > 1 else "")
             n = sum(c.startswith("task:") and pd.notna(r[c]) for c in runs.columns)
-            rows.append((f"{label}, {r.steps} steps, batch {r.batch_size}", "03/04", r.score, n))
+            rows.append((label, "03/04", r.score, n))
     f05 = results / "05_quantization_episodes.csv"
     if f05.is_file():
         df = pd.read_csv(f05)

@@ -41,6 +41,26 @@ def test_grid_varies_one_axis_at_a_time_without_duplicates():
     assert points == [{**base, "d_coef": 0.0}, base, {**base, "d_coef": 0.9}, {**base, "batch_size": 1024}]
 
 
+def test_over_seeds_averages_each_configuration():
+    import pandas as pd
+    runs = pd.DataFrame([
+        dict(d_coef=0.4, distill="reward", steps=100, teacher="t", seed=1, run="a", score=30.0, train_s=10.0,
+             **{"task:x": 20.0, "task:y": 40.0}),
+        dict(d_coef=0.0, distill="reward", steps=100, teacher=None, seed=1, run="b", score=25.0, train_s=8.0,
+             **{"task:x": 10.0, "task:y": 40.0}),
+        dict(d_coef=0.4, distill="reward", steps=100, teacher="t", seed=2, run="c", score=34.0, train_s=12.0,
+             **{"task:x": 28.0, "task:y": 40.0}),
+    ])
+    out = experiments.over_seeds(runs)
+    assert list(out.d_coef) == [0.4, 0.0] and list(out.seeds) == [2, 1]      # order of first appearance
+    distilled, scratch = out.iloc[0], out.iloc[1]
+    assert distilled.score == 32.0 and distilled["task:x"] == 24.0 and distilled.train_s == 11.0
+    assert distilled.score_se == pytest.approx(2.0)        # std (ddof 1) 2·√2 over √2 seeds
+    assert scratch.score == 25.0 and pd.isna(scratch.score_se) and pd.isna(scratch.teacher)
+    assert "seed" not in out and "run" not in out
+    assert experiments.over_seeds(runs.iloc[:0]).empty
+
+
 def test_run_is_trained_once_then_read_back(params):
     torch.set_num_threads(1)
     cfg = experiments.train_config(params)

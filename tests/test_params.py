@@ -44,6 +44,8 @@ def test_unknown_parameter_profile_and_notebook():
     ("04_ablations", "d_coefs", [0.4, -1], "'d_coefs' must be a list of numbers >= 0"),
     ("04_ablations", "variants", ["latent-svd"], "'variants' must be a list of"),
     ("04_ablations", "teachers", ["/nonexistent.pt"], "'teachers' must be a list of existing checkpoint files"),
+    ("04_ablations", "seeds", [1, 1], "'seeds' must be a non-empty list of distinct integers >= 0"),
+    ("04_ablations", "seeds", [], "'seeds' must be a non-empty list"),
     ("05_quantization", "schemes", ["int4"], "'schemes' must be 'all' or a list of"),
     ("06_task_analysis", "frame_steps", [600], "'frame_steps' must be a non-empty list"),
 ])
