@@ -34,6 +34,10 @@ def _tasks(v: Any) -> bool:
     return v is None or v == "all" or (isinstance(names, (list, tuple)) and all(n.strip() in MT30 for n in names))
 
 
+def _seed(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -49,7 +53,7 @@ def _file_or_none(v: Any) -> bool:
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "episodes": (_positive_int, "an integer >= 1"),
     "episode_length": (lambda v: v is None or (_positive_int(v) and v <= 500), "None or an integer in 1..500"),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "seed": (_seed, "an integer >= 0"),
     "mpc": (lambda v: isinstance(v, bool), "True or False"),
     "tasks": (_tasks, "None, 'all', or MT30 task names (list or comma string)"),
     "teacher": (_file_or_none, "None or an existing checkpoint file"),
@@ -77,8 +81,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_sizes": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
     "step_counts": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
     "teachers": (lambda v: _list_of(v, lambda x: Path(x).is_file()), "a list of existing checkpoint files"),
-    "seeds": (lambda v: _list_of(v, lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0)
-              and len(v) >= 1 and len(set(v)) == len(v), "a non-empty list of distinct integers >= 0"),
+    "seeds": (lambda v: _list_of(v, _seed) and len(v) >= 1 and len(set(v)) == len(v),
+              "a non-empty list of distinct integers >= 0"),
     "jobs": (_positive_int, "an integer >= 1"),
     "schemes": (lambda v: v == "all" or _list_of(v, lambda x: x in SCHEMES), f"'all' or a list of {SCHEMES}"),
     "released_tasks": (_tasks, "None, 'all', or MT30 task names (list or comma string)"),

@@ -51,9 +51,9 @@ def to_html(executed: Path) -> Path:
 
 
 def task_scores(results: str | os.PathLike, reference: str | os.PathLike | None = MT_MINI_DIR) -> pd.DataFrame:
-    """Task × model table of mean scores from what the notebooks saved in ``results``: the teacher (01),
-    every distillation configuration (03/04; runs of several seeds averaged), every quantized variant of each model (05), and the committed
-    MT-mini teacher/students of ``reference``."""
+    """Task × model table of mean scores from what the notebooks saved in ``results``: the teacher (01), every
+    distillation configuration (03/04; runs of several seeds averaged), every quantized variant of each model
+    (05), and the committed MT-mini teacher/students of ``reference``."""
     from .experiments import collect, over_seeds
 
     results, cols = Path(results), {}
@@ -83,8 +83,9 @@ def task_scores(results: str | os.PathLike, reference: str | os.PathLike | None 
 
 def headline(results: str | os.PathLike, reference: str | os.PathLike | None = MT_MINI_DIR) -> pd.DataFrame:
     """The report's headline: normalized score of teacher, distilled and from-scratch students (the longest runs
-    of each kind, averaged over their seeds) and the quantized variants, over the tasks each was evaluated on; plus the committed MT-mini
-    teacher and students of ``reference`` (``data/mt-mini``: longer runs, evaluated with MPPI too)."""
+    of each kind, averaged over their seeds) and the quantized variants, over the tasks each was evaluated on;
+    plus the committed MT-mini teacher and students of ``reference`` (``data/mt-mini``: longer runs, evaluated
+    with MPPI too)."""
     from .experiments import collect, over_seeds
 
     results, rows = Path(results), []
