@@ -73,6 +73,7 @@ class TrainConfig(UpdateConfig):
     model_overrides: dict = field(default_factory=dict)
     tasks: list[str] | None = None
     teacher: str | None = None
+    init_from: str | None = None   # start from this checkpoint's weights (any format load_checkpoint reads), fresh optimizer
     pca_samples: int = 4096
     log_every: int = 100
     checkpoint_every: int = 10_000
@@ -308,8 +309,12 @@ def fit_pca_projection(projection: LatentProjection, teacher: WorldModel, ds: Da
 def _run_config(cfg: TrainConfig) -> dict:
     """What must match to resume a run: the settings, with dataset and teacher by content (a moved run folder,
     dataset or teacher is the same run)."""
-    run = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE | {"out", "data", "teacher"}}
-    return {**run, "data_digest": content_digest(cfg.data), "teacher_digest": content_digest(cfg.teacher)}
+    run = {k: v for k, v in dataclasses.asdict(cfg).items()
+           if k not in RESUMABLE | {"out", "data", "teacher", "init_from"}}
+    run = {**run, "data_digest": content_digest(cfg.data), "teacher_digest": content_digest(cfg.teacher)}
+    if cfg.init_from:
+        run["init_digest"] = content_digest(cfg.init_from)
+    return run
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
@@ -329,6 +334,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
             raise ValueError(f"teacher {cfg.teacher} does not fit the dataset's task list: {e}") from e
     torch.manual_seed(cfg.seed)
     model = WorldModel(model_cfg).to(device)
+    if cfg.init_from:
+        try:
+            init = load_checkpoint(cfg.init_from, task_set=model_cfg.tasks, device=device)
+        except CheckpointError as e:
+            raise ValueError(f"init_from {cfg.init_from} does not fit this run's model and tasks: {e}") from e
+        if init.cfg.to_dict() != model_cfg.to_dict():
+            raise ValueError(f"init_from {cfg.init_from} is a different model (size or architecture) than this run's")
+        model.load_state_dict(init.state_dict())
     projection = None
     if cfg.distill != "reward" and teacher is not None:
         projection = LatentProjection(cfg.distill, teacher.cfg.latent_dim, model_cfg.latent_dim).to(device)
@@ -437,6 +450,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--override", action="append", type=_parse_override, metavar="KEY=VALUE",
                    help="model config field, e.g. latent_dim=64 (repeatable)")
     p.add_argument("--teacher", default=None, help="frozen teacher checkpoint (needs --d-coef > 0)")
+    p.add_argument("--init-from", default=None, help="start from this checkpoint's weights (fresh optimizer)")
     p.add_argument("--d-coef", type=float, default=d.d_coef, help="distillation weight; paper best 0.4, release 0.45")
     p.add_argument("--distill", choices=DISTILL_KINDS, default=d.distill)
     p.add_argument("--tasks", default=None, help="comma list: train only on these tasks of the dataset")
