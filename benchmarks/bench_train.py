@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bench_planner import matmul_gflops
-from tdmpc_opt_lib import data, training
+from tdmpc_opt_lib import data, fast, training
 from tdmpc_opt_lib.config import model_config
 from tdmpc_opt_lib.world_model import WorldModel
 
@@ -39,23 +39,24 @@ def rss_mib() -> dict[str, float]:
 def block_rates(learners: dict, sampler: data.WindowSampler, rounds: int, block: int, warmup: int = 5) -> dict:
     """Updates/s of each learner over ``rounds`` blocks of ``block`` updates, the learners taking turns
     block by block, so that all of them see the same state of a machine whose speed drifts."""
-    for learner in learners.values():
-        for _ in range(warmup):
-            learner.update(**sampler.sample())
-    rates: dict = {name: [] for name in learners}
-    for _ in range(rounds):
-        for name, learner in learners.items():
-            t = time.perf_counter()
-            for _ in range(block):
+    with fast.cpu_runtime():
+        for learner in learners.values():
+            for _ in range(warmup):
                 learner.update(**sampler.sample())
-            rates[name].append(block / (time.perf_counter() - t))
+        rates: dict = {name: [] for name in learners}
+        for _ in range(rounds):
+            for name, learner in learners.items():
+                t = time.perf_counter()
+                for _ in range(block):
+                    learner.update(**sampler.sample())
+                rates[name].append(block / (time.perf_counter() - t))
     return rates
 
 
 def update_gflop(learner: training.Learner, batch: dict) -> float:
     """Floating-point operations (matmuls, as torch's flop counter counts them) of one update."""
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, fast.cpu_runtime():
         learner.update(**batch)
     return counter.get_total_flops() / 1e9
 
@@ -96,8 +97,10 @@ def main() -> None:
             for fused in (False, True):
                 teacher = WorldModel(model_config(teacher_size, "mt30")) if teacher_size else None
                 c = dataclasses.replace(cfg, d_coef=0.4) if teacher else cfg
-                learners[name, fused] = training.Learner(WorldModel(model_config(size, "mt30")), c, teacher=teacher,
-                                                         compile=fused)
+                model = WorldModel(model_config(size, "mt30"))
+                if fused:
+                    model, teacher = fast.accelerate(model), teacher and fast.accelerate(teacher)
+                learners[name, fused] = training.Learner(model, c, teacher=teacher)
         gflop = {name: update_gflop(learners[name, True], sampler.sample()) for name in configs}
         rates = block_rates(learners, sampler, args.rounds, args.block)
         end = matmul_gflops()
@@ -105,7 +108,7 @@ def main() -> None:
               f"floors below at their mean")
         peak = (peak + end) / 2
         print(f"updates/s over {args.rounds} blocks of {args.block} updates, configurations taking turns; "
-              "median (best block); fused = WorldModel.fuse_kernels, the default")
+              "median (best block); fused = fast.accelerate, the default")
         print(f"{'':<42}{'eager':>16}{'fused':>16}")
         for name in configs:
             cells = [f"{statistics.median(rates[name, f]):6.2f} ({max(rates[name, f]):5.2f})" for f in (False, True)]

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import fast
 from .envs import MultiTaskEnv
 from .planner import Planner, PlannerConfig
 from .world_model import WorldModel
@@ -62,26 +63,35 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     rows: list[dict] = []
     start = time.perf_counter()
     model.eval()
-    for lo in range(0, len(jobs), batch_envs):
-        batch = jobs[lo:lo + batch_envs]
-        envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, e)) for t, e in batch]
-        T = episode_length or envs[0].episode_length
-        planner = Planner(model, planner_cfg, seed=seed + lo, compile=compile) if mpc else None
-        task = torch.tensor([env.task_id for env in envs])
-        obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
-        returns = np.zeros(len(envs))
-        desc = f"eval {lo + 1}-{lo + len(batch)}/{len(jobs)} episodes"
-        for t in tqdm(range(T), desc=desc, disable=not progress, leave=False):
-            act = planner.plan(obs, task, t0=t == 0) if planner else policy_actions(model, obs, task)
-            act = act.numpy().astype(np.float64)
-            steps = [env.step(a) for env, a in zip(envs, act)]
-            obs = torch.from_numpy(np.stack([s[0] for s in steps]))
-            returns += [s[1] for s in steps]
-        rows += [{"task": t, "episode": e, "seed": episode_seed(seed, e), "return": r, "score": r / 10, "steps": T}
-                 for (t, e), r in zip(batch, returns)]
+    runner = fast.accelerate(model) if compile else model      # the speed layer: same results to float rounding
+    with fast.cpu_runtime(next(model.parameters()).device):
+        for lo in range(0, len(jobs), batch_envs):
+            rows += _run_batch(runner, jobs[lo:lo + batch_envs],
+                               f"{lo + 1}-{lo + min(batch_envs, len(jobs) - lo)}/{len(jobs)}", seed, seed + lo, mpc,
+                               planner_cfg, compile, episode_length, progress)
     df = pd.DataFrame(rows)
     df.attrs.update(wall_s=time.perf_counter() - start, mpc=mpc, seed=seed)
     return df
+
+
+def _run_batch(model: WorldModel, batch: list[tuple[str, int]], label: str, seed: int, planner_seed: int, mpc: bool,
+               planner_cfg: PlannerConfig | None, compile: bool, episode_length: int | None,
+               progress: bool) -> list[dict]:
+    """Episodes ``batch`` ((task, episode) pairs) in lock-step; one row per episode."""
+    envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, e)) for t, e in batch]
+    T = episode_length or envs[0].episode_length
+    planner = Planner(model, planner_cfg, seed=planner_seed, compile=compile) if mpc else None
+    task = torch.tensor([env.task_id for env in envs])
+    obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
+    returns = np.zeros(len(envs))
+    for t in tqdm(range(T), desc=f"eval {label} episodes", disable=not progress, leave=False):
+        act = planner.plan(obs, task, t0=t == 0) if planner else policy_actions(model, obs, task)
+        act = act.numpy().astype(np.float64)
+        steps = [env.step(a) for env, a in zip(envs, act)]
+        obs = torch.from_numpy(np.stack([s[0] for s in steps]))
+        returns += [s[1] for s in steps]
+    return [{"task": t, "episode": e, "seed": episode_seed(seed, e), "return": r, "score": r / 10, "steps": T}
+            for (t, e), r in zip(batch, returns)]
 
 
 def task_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, fast
 from .checkpoints import CheckpointError, atomic_save, save_checkpoint
 from .config import model_config, task_set
 from .envs import MultiTaskEnv
@@ -60,6 +60,7 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = WorldModel(model_config(cfg.model_size, ts, **{"task_dim": 0, **cfg.model_overrides})).to(device)
+    model.eval()                        # the agent acts in eval mode (no Q dropout); updates switch modes themselves
     learner = Learner(model, cfg)
     planner_cfg = PlannerConfig(**cfg.planner)
     planner = Planner(model, planner_cfg, seed=cfg.seed)
@@ -112,13 +113,15 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
                 action = rng.uniform(-1, 1, A).astype(np.float32)
             else:
                 obs_t = torch.from_numpy(obs).to(device)[None]
-                action = planner.plan(obs_t, task, t0=t == 0, eval_mode=False)[0].cpu().numpy()
+                with fast.cpu_runtime(device):
+                    action = planner.plan(obs_t, task, t0=t == 0, eval_mode=False)[0].cpu().numpy()
             obs, reward, _, _ = env.step(action)
             ep_obs.append(obs), ep_act.append(action), ep_rew.append(reward)
             if step >= seed_steps:                   # credit accrues even before the first episode is stored
                 credit += (seed_steps if step == seed_steps else 1) * cfg.update_ratio
             while credit >= 1 and sampler.num_windows:
-                metrics = learner.update(**{k: v.to(device) for k, v in sampler.sample().items()})
+                with fast.cpu_runtime(device):
+                    metrics = learner.update(**{k: v.to(device) for k, v in sampler.sample().items()})
                 for k, v in metrics.items():
                     sums[k] = sums[k] + v if k in sums else v
                 credit -= 1

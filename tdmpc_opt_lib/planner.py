@@ -1,11 +1,9 @@
 """MPPI planning in the latent space of a TD-MPC2 world model.
 
-:class:`Planner` plans for N environments at once (each with its own task) and factors the work
-exactly: the task embedding and the shared first latent enter the first layers once per call,
-the dynamics and reward heads share one first matmul, and only the two Q heads that are used
-are evaluated. :func:`plan_reference` is the plain one-environment algorithm, written with the
-world model's public methods line by line as TD-MPC2 does it; the two agree given the same
-random stream (tests check it) and the benchmark reports their speed ratio.
+:class:`Planner` plans for N environments at once (each with its own task) through the world model's
+methods: the policy trajectories are rolled out once per call, and only the two Q heads in use are
+evaluated. :func:`plan_reference` is the plain one-environment algorithm, line by line as TD-MPC2 writes
+it; the two agree given the same random stream (tests check it).
 """
 from __future__ import annotations
 
@@ -13,10 +11,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import math
-from .runtime import keep_freed_memory, onednn_fp32_matmul
 from .world_model import WorldModel, two_random_heads
 
 
@@ -108,152 +104,37 @@ def plan_reference(model: WorldModel, obs: torch.Tensor, task: int, prev_mean: t
     return action.clamp(-1, 1), mean
 
 
-# ---------------------------------------------------------------------------------------------
-# Batched planner. The world model's weights are split once per call so that
-#   W·[z, e, a] + b  =  z·W_zᵀ + a·W_aᵀ + (e·W_eᵀ + b)
-# where the bracket is a per-environment constant, and z·W_zᵀ of the shared first latent is
-# computed once per environment instead of once per sample.
-# ---------------------------------------------------------------------------------------------
-
-
-def _mish(x: torch.Tensor) -> torch.Tensor:
-    """Mish. Compiled, it uses one exp: tanh(softplus(x)) = n / (n + 2) with n = eˣ(eˣ + 2), which
-    fuses into a few vector instructions; eager, torch's own kernel is faster."""
-    if not torch.compiler.is_compiling():
-        return F.mish(x)
-    e = torch.exp(x.clamp(max=20.0))
-    n = e * (e + 2)
-    return x * n / (n + 2)
-
-
-def _ln_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return _mish(F.layer_norm(x, x.shape[-1:]) * weight + bias)
-
-
-def _split(weight: torch.Tensor, L: int, E: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(W_zᵀ, W_eᵀ, W_aᵀ) of a first-layer weight ``[..., out, L+E(+A)]``."""
-    wt = weight.transpose(-1, -2)
-    return wt[..., :L, :], wt[..., L:L + E, :], wt[..., L + E:, :]
-
-
-def plan_weights(m: WorldModel, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The tensors one planning call needs, with the task embedding ``emb [N, E]`` folded into constants."""
-    L, E = m.cfg.latent_dim, m.cfg.task_dim
-    dyn, rew, pi, qs = m._dynamics, m._reward, m._pi, m._Qs
-    w: dict[str, torch.Tensor] = {}
-    # dynamics and reward read the same [z, e, a]: one fused first matmul of width 2M
-    wz, we, wa = _split(torch.cat([dyn[0].weight, rew[0].weight]), L, E)
-    w["dr_wz"], w["dr_wa"], w["dr_wza"] = wz.contiguous(), wa.contiguous(), torch.cat([wz, wa]).contiguous()
-    w["dr_c"] = emb @ we + torch.cat([dyn[0].bias, rew[0].bias])
-    w["dr_lnw"] = torch.stack([dyn[0].ln.weight, rew[0].ln.weight])
-    w["dr_lnb"] = torch.stack([dyn[0].ln.bias, rew[0].ln.bias])
-    wz, we, _ = _split(pi[0].weight, L, E)
-    w["pi_wz"], w["pi_c"] = wz.contiguous(), emb @ we + pi[0].bias
-    w["pi0_lnw"], w["pi0_lnb"] = pi[0].ln.weight, pi[0].ln.bias
-    wz, we, wa = _split(qs[0].weight, L, E)                       # stacked over heads
-    w["q_wza"] = torch.cat([wz, wa], 1)                          # [Q, L+A, M]
-    w["q_c"] = emb @ we + qs[0].bias.unsqueeze(1)                 # [Q, N, M]
-    for name, mod in (("dyn", dyn), ("rew", rew), ("pi", pi)):
-        for i in (1, 2):
-            w[f"{name}{i}_w"], w[f"{name}{i}_b"] = mod[i].weight.t(), mod[i].bias
-            if hasattr(mod[i], "ln"):
-                w[f"{name}{i}_lnw"], w[f"{name}{i}_lnb"] = mod[i].ln.weight, mod[i].ln.bias
-    for i in (0, 1, 2):
-        w[f"q{i}_lnw"] = qs[i].ln.weight if qs[i].ln is not None else None
-        w[f"q{i}_lnb"] = qs[i].ln.bias if qs[i].ln is not None else None
-    w["q1_w"], w["q1_b"] = qs[1].weight.transpose(1, 2), qs[1].bias
-    w["q2_w"], w["q2_b"] = qs[2].weight.transpose(1, 2), qs[2].bias
-    return {k: v for k, v in w.items() if v is not None}
-
-
-@dataclass(frozen=True)
-class _Consts:
-    simnorm: int
-    vmin: float
-    vmax: float
-    log_std_min: float
-    log_std_max: float
-
-
-def _dyn_rew(w: dict, x0: torch.Tensor, k: _Consts) -> tuple[torch.Tensor, torch.Tensor]:
-    """First-layer pre-activations ``x0 [N, S, 2M]`` of dynamics|reward → (next z [N, S, L], reward [N, S])."""
-    N, S, _ = x0.shape
-    M = w["dyn1_w"].shape[0]
-    x = _ln_mish(x0.view(N, S, 2, M), w["dr_lnw"], w["dr_lnb"])
-    h = _ln_mish(x[..., 0, :] @ w["dyn1_w"] + w["dyn1_b"], w["dyn1_lnw"], w["dyn1_lnb"])
-    z = F.layer_norm(h @ w["dyn2_w"] + w["dyn2_b"], (w["dyn2_b"].shape[0],), w["dyn2_lnw"], w["dyn2_lnb"])
-    z = F.softmax(z.view(N, S, -1, k.simnorm), -1).view(N, S, -1)
-    h = _ln_mish(x[..., 1, :] @ w["rew1_w"] + w["rew1_b"], w["rew1_lnw"], w["rew1_lnb"])
-    r = math.two_hot_inv(h @ w["rew2_w"] + w["rew2_b"], k.vmin, k.vmax)
-    return z, r
-
-
-def _first_dr(w: dict, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Dynamics|reward first-layer pre-activation for per-sample latents ``z [N, S, L]``."""
-    return torch.cat([z, a], -1) @ w["dr_wza"] + w["dr_c"].unsqueeze(1)
-
-
-def _pi_sample(w: dict, z: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor, k: _Consts) -> torch.Tensor:
-    """Policy-prior action for ``z [N, S, L]`` with standard-normal ``eps [N, S, A]`` (as WorldModel.pi)."""
-    h = _ln_mish(z @ w["pi_wz"] + w["pi_c"].unsqueeze(1), w["pi0_lnw"], w["pi0_lnb"])
-    h = _ln_mish(h @ w["pi1_w"] + w["pi1_b"], w["pi1_lnw"], w["pi1_lnb"])
-    mu, log_std = (h @ w["pi2_w"] + w["pi2_b"]).chunk(2, -1)
-    log_std = math.scale_log_std(log_std, k.log_std_min, k.log_std_max)
-    mk = mask.unsqueeze(1)
-    return torch.tanh(mu * mk + eps * mk * (log_std * mk).exp())
-
-
-def _q_avg(w: dict, z: torch.Tensor, a: torch.Tensor, heads: torch.Tensor | None, k: _Consts) -> torch.Tensor:
-    """Mean of the Q heads ``heads`` (only those are computed; None: all) → ``[N, S]``."""
-    N, S, _ = z.shape
-    sel = (lambda t: t) if heads is None else (lambda t: t[heads])
-    wza = sel(w["q_wza"])                                          # [nh, L+A, M]
-    nh, M = wza.shape[0], wza.shape[-1]
-    x = torch.matmul(torch.cat([z, a], -1).view(1, N * S, -1), wza)                  # [nh, N·S, M]
-    x = x.view(nh, N, S, M) + sel(w["q_c"]).unsqueeze(2)
-    x = _ln_mish(x, sel(w["q0_lnw"])[:, None, None], sel(w["q0_lnb"])[:, None, None]).view(nh, N * S, M)
-    # bmm + bias (fused into the next kernel) rather than baddbmm, which first copies the broadcast bias
-    x = _ln_mish(torch.bmm(x, sel(w["q1_w"])) + sel(w["q1_b"]).unsqueeze(1),
-                 sel(w["q1_lnw"]).unsqueeze(1), sel(w["q1_lnb"]).unsqueeze(1))
-    logits = torch.bmm(x, sel(w["q2_w"])) + sel(w["q2_b"]).unsqueeze(1)
-    return math.two_hot_inv(logits, k.vmin, k.vmax).view(nh, N, S).mean(0)
-
-
-def _rollout(w: dict, z0: torch.Tensor, actions: torch.Tensor, gamma: torch.Tensor,
-             k: _Consts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rollout(model: WorldModel, z0: torch.Tensor, actions: torch.Tensor, task: torch.Tensor,
+             gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latent rollout of ``actions [H, N, S, A]`` from ``z0 [N, L]`` → (z_H [N, S, L], Σ_h γ^h r̂_h [N, S], γ^H [N, 1])."""
-    H = actions.shape[0]
-    G = torch.zeros_like(actions[0, :, :, 0])
-    discount = torch.ones_like(gamma).unsqueeze(1)
-    z = z0
+    H, N, S, _ = actions.shape
+    z = z0.unsqueeze(1).expand(N, S, z0.shape[-1])     # shared by the samples (an expanded view)
+    G, discount = 0, torch.ones_like(gamma)
     for h in range(H):
-        if h == 0:  # the first latent is shared by all samples: its matmul runs once per environment
-            x0 = (z0 @ w["dr_wz"] + w["dr_c"]).unsqueeze(1) + actions[0] @ w["dr_wa"]
-        else:
-            x0 = _first_dr(w, z, actions[h])
-        z, r = _dyn_rew(w, x0, k)
-        G = G + discount * r
-        discount = discount * gamma.unsqueeze(1)
+        z, r = model.next_and_reward(z, actions[h], task)
+        G = G + discount * math.two_hot_inv(r, model.cfg.vmin, model.cfg.vmax)
+        discount = discount * gamma
     return z, G, discount
 
 
-def _iteration_value(w: dict, z0: torch.Tensor, actions: torch.Tensor, z_pi: torch.Tensor, G_pi: torch.Tensor,
-                     gamma: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor, heads: torch.Tensor,
-                     k: _Consts) -> torch.Tensor:
+def _iteration_value(model: WorldModel, z0: torch.Tensor, actions: torch.Tensor, z_pi: torch.Tensor,
+                     G_pi: torch.Tensor, task: torch.Tensor, gamma: torch.Tensor, eps: torch.Tensor,
+                     heads: torch.Tensor) -> torch.Tensor:
     """Values ``[N, P+S']`` of one MPPI iteration: the P policy trajectories continue from their rollout
     (``z_pi [N, P, L]``, ``G_pi [N, P]``: their actions never change, so it is computed once per call); the
     S' sampled ``actions [H, N, S', A]`` are rolled out here. Each row: Σ_h γ^h r̂_h + γ^H·Q̄(z_H, a_H ~ π)."""
-    z, G, discount = _rollout(w, z0, actions, gamma, k)
+    z, G, discount = _rollout(model, z0, actions, task, gamma)
     z, G = torch.cat([z_pi, z], 1), torch.cat([G_pi, G], 1)
-    return G + discount * _q_avg(w, z, _pi_sample(w, z, mask, eps, k), heads, k)
+    a, _ = model.pi(z, task, eps=eps)
+    return G + discount * model.Q(z, a, task, "avg", heads=heads).squeeze(-1)
 
 
 class Planner:
     """Batched MPPI: ``plan(obs [N, obs], task [N])`` → actions ``[N, A]``, keeping each env's warm start.
 
-    ``compile=True`` fuses the trajectory-value computation with ``torch.compile`` (falls back to
-    eager, with a warning, where no compiler is available). Results equal the eager ones to float
-    rounding.
+    Everything runs through the world model's methods; pass an accelerated model (:func:`tdmpc_opt_lib.fast.
+    accelerate`) for speed. ``compile=True`` compiles the trajectory values with ``torch.compile`` (eager, with a
+    warning, where no compiler is available); results equal the eager ones to float rounding.
     """
 
     def __init__(self, model: WorldModel, cfg: PlannerConfig | None = None, seed: int | None = None,
@@ -266,60 +147,49 @@ class Planner:
         self.prev_mean: torch.Tensor | None = None
         self._value = _compiled_iteration_value() if compile else _iteration_value
         self.chunk_envs = max(1, chunk_rows // self.cfg.num_samples)   # keeps activations cache-sized
-        c = model.cfg
-        self._k = _Consts(c.simnorm_dim, c.vmin, c.vmax, c.log_std_min, c.log_std_max)
-        keep_freed_memory()
 
     def reset(self) -> None:
         """Forget warm starts (every environment starts a new episode)."""
         self.prev_mean = None
 
+    @torch.inference_mode()
     def plan(self, obs: torch.Tensor, task: torch.Tensor, t0: torch.Tensor | bool = False,
              eval_mode: bool = True) -> torch.Tensor:
-        """Plan one action per environment. ``t0`` marks environments at the first step of an episode. CPU
-        matmuls go through oneDNN where that keeps them float32 (:func:`runtime.onednn_fp32_matmul`: ×1.07 for
-        one environment, ×1.09 for 16 here)."""
-        with onednn_fp32_matmul():
-            return self._plan(obs, task, t0, eval_mode)
-
-    @torch.inference_mode()
-    def _plan(self, obs: torch.Tensor, task: torch.Tensor, t0: torch.Tensor | bool, eval_mode: bool) -> torch.Tensor:
-        m, cfg, g, k = self.model, self.cfg, self.generator, self._k
+        """Plan one action per environment. ``t0`` marks environments at the first step of an episode."""
+        m, cfg, g = self.model, self.cfg, self.generator
         H, S, P, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, m.cfg.action_dim
-        N = obs.shape[0]
+        N, dev = obs.shape[0], obs.device
         if self.prev_mean is not None and self.prev_mean.shape[1] != N:
             raise ValueError(f"planner was warm-started for {self.prev_mean.shape[1]} environments, got {N}; "
                              "call reset() when the set of environments changes")
         task = task.long()
         mask = m.action_mask(task)                                      # [N, A]
-        gamma = m.discount[task]                                        # [N]
-        emb = m.task_vectors(task)                                      # [N, E], renormalised like TD-MPC2
-        z0 = m._encoder["state"](torch.cat([obs, emb], -1))             # [N, L]
-        w = plan_weights(m, emb)
+        gamma = m.discount[task].unsqueeze(1)                           # [N, 1]
+        z0 = m.encode(obs, task)                                        # [N, L]
+        env_task = task.unsqueeze(1)                                    # [N, 1]: one task per environment
 
         # policy trajectories: their actions, latent rollout and discounted return are fixed for the call
-        pi_actions = torch.empty(H, N, P, A)
-        zp, G_pi, discount = z0.unsqueeze(1).expand(N, P, z0.shape[-1]), torch.zeros(N, P), torch.ones(N, 1)
+        pi_actions = torch.empty(H, N, P, A, device=dev)
+        zp, G_pi, discount = z0.unsqueeze(1).expand(N, P, z0.shape[-1]), torch.zeros(N, P, device=dev), 1
         for h in range(H if P else 0):
-            pi_actions[h] = _pi_sample(w, zp, mask, torch.randn(N, P, A, generator=g), k)
-            zp, r = _dyn_rew(w, _first_dr(w, zp, pi_actions[h]), k)
-            G_pi, discount = G_pi + discount * r, discount * gamma.unsqueeze(1)
-        mean = torch.zeros(H, N, A)
+            pi_actions[h], _ = m.pi(zp, env_task, eps=torch.randn(N, P, A, generator=g, device=dev))
+            zp, r = m.next_and_reward(zp, pi_actions[h], env_task)
+            G_pi, discount = G_pi + discount * math.two_hot_inv(r, m.cfg.vmin, m.cfg.vmax), discount * gamma
+        mean = torch.zeros(H, N, A, device=dev)
         if self.prev_mean is not None:
-            keep = ~torch.as_tensor(t0, dtype=torch.bool).expand(N)
+            keep = ~torch.as_tensor(t0, dtype=torch.bool, device=dev).expand(N)
             mean[:-1, keep] = self.prev_mean[1:, keep]
-        std = torch.full((H, N, A), cfg.max_std)
-        actions = torch.empty(H, N, S, A)
+        std = torch.full((H, N, A), cfg.max_std, device=dev)
+        actions = torch.empty(H, N, S, A, device=dev)
         actions[:, :, :P] = pi_actions
         for _ in range(cfg.iterations_for(A)):
-            noise = torch.randn(H, N, S - P, A, generator=g)
+            noise = torch.randn(H, N, S - P, A, generator=g, device=dev)
             actions[:, :, P:] = (mean.unsqueeze(2) + std.unsqueeze(2) * noise).clamp(-1, 1)
             actions *= mask.unsqueeze(1)
-            eps = torch.randn(N, S, A, generator=g)
-            heads = two_random_heads(m.cfg.num_q, g)
-            heads = None if m.cfg.num_q == 2 else heads     # both heads: their mean does not depend on the order
-            value = torch.cat([self._value(_rows(w, sl), z0[sl], actions[:, sl, P:], zp[sl], G_pi[sl], gamma[sl],
-                                           mask[sl], eps[sl], heads, k)
+            eps = torch.randn(N, S, A, generator=g, device=dev)
+            heads = two_random_heads(m.cfg.num_q, g, dev)
+            value = torch.cat([self._value(m, z0[sl], actions[:, sl, P:], zp[sl], G_pi[sl], env_task[sl], gamma[sl],
+                                           eps[sl], heads)
                                for sl in _chunks(N, self.chunk_envs)]).nan_to_num(0)        # [N, S]
             elite_value, elite_idx = torch.topk(value, cfg.num_elites, dim=1)
             elite_actions = torch.gather(actions, 2, elite_idx[None, :, :, None].expand(H, N, -1, A))
@@ -330,20 +200,13 @@ class Planner:
             mean, std = mean * mask, std * mask
         action = _select(elite_actions.permute(1, 0, 2, 3), score, g)[:, 0]
         if not eval_mode:
-            action = action + std[0] * torch.randn(N, A, generator=g)
+            action = action + std[0] * torch.randn(N, A, generator=g, device=dev)
         self.prev_mean = mean
         return action.clamp(-1, 1)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _rows(w: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
-    """The per-environment constants of ``w`` restricted to environments ``sl``."""
-    out = dict(w)
-    out["dr_c"], out["pi_c"], out["q_c"] = w["dr_c"][sl], w["pi_c"][sl], w["q_c"][:, sl]
-    return out
 
 
 _COMPILED = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdmpc_opt_lib import kernels, layers
+from tdmpc_opt_lib.fast import fused as layers
+from tdmpc_opt_lib.fast import kernels
 
 needs_cc = pytest.mark.skipif(kernels.compiler() is None, reason="no C compiler on PATH")
 

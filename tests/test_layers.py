@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from tdmpc_opt_lib import kernels
+from tdmpc_opt_lib import fast
+from tdmpc_opt_lib.fast import kernels
 from tdmpc_opt_lib.config import model_config
-from tdmpc_opt_lib.layers import EnsembleLinear, SimNorm, dropout_scale, fused_dropout_ln_act
+from tdmpc_opt_lib.fast.fused import FusedEnsembleLinear, dropout_ln_mish, dropout_scale, fused_dropout_ln_act
+from tdmpc_opt_lib.layers import EnsembleLinear, SimNorm
 from tdmpc_opt_lib.world_model import WorldModel
 
 
@@ -43,16 +45,21 @@ def test_dropout_scale_large_tensor_and_bad_probability():
 
 
 def test_fused_and_eager_ensemble_agree_in_training_mode():
-    """With the same seed the fused (compiled) and eager layers draw the same dropout mask and agree."""
+    """With the same seed the fused layer and the eager reference draw the same dropout mask and agree."""
     torch.manual_seed(0)
     eager = EnsembleLinear(2, 16, 32, dropout=0.2).train()
     fused = copy.deepcopy(eager)
-    fused.fused = True
+    fused.__class__ = FusedEnsembleLinear
     x = torch.randn(64, 16)
+
+    def reference(layer, x):
+        y = torch.bmm(x.expand(2, *x.shape), layer.weight.transpose(1, 2))
+        return dropout_ln_mish(y, layer.ln.weight.unsqueeze(1), layer.ln.bias.unsqueeze(1), 0.2, True,
+                               layer.bias.unsqueeze(1))
     outs = []
-    for layer in (eager, fused):
+    for layer, run in ((eager, reference), (fused, lambda layer, x: layer(x))):
         torch.manual_seed(5)
-        y = layer(x)
+        y = run(layer, x)
         y.square().mean().backward()
         outs.append((y.detach(), layer.weight.grad.clone(), layer.bias.grad.clone()))
     for a, b in zip(*outs):
@@ -129,11 +136,13 @@ def test_detached_q_action_gradient_equals_full_autograd():
     assert m._task_emb.weight.grad is None
 
 
-def test_task_vectors_renormalise_like_embedding_max_norm():
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_task_vectors_renormalise_like_embedding_max_norm(accelerated):
     """Rows looked up are rescaled in place to norm 1 when longer (exactly nn.Embedding(max_norm=1)); rows not
     looked up are left alone."""
     torch.manual_seed(0)
     m = WorldModel(model_config(1, "mt30"))
+    m = fast.accelerate(m) if accelerated else m
     with torch.no_grad():
         m._task_emb.weight.normal_()                              # every row longer than 1
     ref = torch.nn.Embedding.from_pretrained(m._task_emb.weight.clone(), freeze=False, max_norm=1)
@@ -148,7 +157,7 @@ def test_task_vectors_renormalise_again_after_any_change():
     """The rescaling is skipped only while neither the weights nor the task tensor changed: an optimizer-like
     in-place update, a new task tensor, an in-place edit of the same task tensor and swapped-in weight data
     each trigger it again."""
-    m = WorldModel(model_config(1, "mt30"))
+    m = fast.accelerate(WorldModel(model_config(1, "mt30")))      # the plain model renormalises on every lookup
     w = m._task_emb.weight
     task = torch.tensor([1, 2])
 
@@ -177,7 +186,7 @@ def test_task_vectors_renormalise_again_after_any_change():
 def test_shared_input_matmul_gradients():
     """``y += x·w_hᵀ`` per head (in place) with the shared input's gradient computed transposed: gradcheck in
     float64."""
-    from tdmpc_opt_lib.layers import _AddSharedMatmul
+    from tdmpc_opt_lib.fast.fold import _AddSharedMatmul
     torch.manual_seed(0)
     y = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
     x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
@@ -188,7 +197,7 @@ def test_shared_input_matmul_gradients():
 def test_shared_rows_matmul():
     """``x·w_hᵀ`` per head for a shared ``x``, on column slices of the weights as the folded first layers pass
     them: the bmm over the expanded input, and gradcheck in float64."""
-    from tdmpc_opt_lib.layers import _SharedRowsMatmul
+    from tdmpc_opt_lib.fast.fold import _SharedRowsMatmul
     torch.manual_seed(0)
     x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     w_full = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
@@ -201,7 +210,7 @@ def test_shared_rows_matmul():
 def test_task_rows_gradients(lead):
     """``y += P[task]`` over H row blocks (``lead``: an ensemble dim or none), its per-task gradient summed with
     index_add: gradcheck in float64, repeated tasks included."""
-    from tdmpc_opt_lib.layers import _AddTaskRows
+    from tdmpc_opt_lib.fast.fold import _AddTaskRows
     torch.manual_seed(0)
     task = torch.tensor([2, 0, 2, 1])
     y = torch.randn(*lead, 3 * 4, 5, dtype=torch.float64, requires_grad=True)

@@ -47,19 +47,20 @@ def test_batched_planner_equals_reference(float64, task):
 
 
 def test_trajectory_values_match_world_model_in_float32(student):
-    """The factored value computation equals the world model's own heads to float32 rounding."""
-    from tdmpc_opt_lib import math
-    from tdmpc_opt_lib.planner import _Consts, _iteration_value, _rollout, plan_weights
+    """The accelerated model's value computation (folded first layers, one dynamics+reward matmul, a latent
+    shared by the samples) equals the plain world model's heads to float32 rounding."""
+    from tdmpc_opt_lib import fast, math
+    from tdmpc_opt_lib.planner import _iteration_value, _rollout
     g = torch.Generator().manual_seed(0)
     task = torch.tensor([3, 16])
     obs = torch.randn(2, 24, generator=g)
     actions = (torch.rand(3, 2, 64, 6, generator=g) * 2 - 1) * student.action_mask(task).unsqueeze(1)
     eps, heads = torch.randn(2, 64, 6, generator=g), torch.tensor([1, 0])
+    quick = fast.accelerate(student)
     with torch.no_grad():
-        z0 = student.encode(obs, task)
-        w, k, gamma = plan_weights(student, student.task_vectors(task)), _Consts(8, -10.0, 10.0, -10.0, 2.0), student.discount[task]
-        z_pi, G_pi, _ = _rollout(w, z0, actions[:, :, :8], gamma, k)      # the first 8 rows as cached policy trajectories
-        fast = _iteration_value(w, z0, actions[:, :, 8:], z_pi, G_pi, gamma, student.action_mask(task), eps, heads, k)
+        z0, env_task, gamma = student.encode(obs, task), task[:, None], student.discount[task][:, None]
+        z_pi, G_pi, _ = _rollout(quick, z0, actions[:, :, :8], env_task, gamma)   # the first 8 rows as policy trajectories
+        value = _iteration_value(quick, z0, actions[:, :, 8:], z_pi, G_pi, env_task, gamma, eps, heads)
         for n in range(2):
             t, z, G, disc = task[n:n + 1], z0[n].expand(64, -1), 0, 1
             for h in range(3):
@@ -69,7 +70,7 @@ def test_trajectory_values_match_world_model_in_float32(student):
             log_std, mask = math.scale_log_std(log_std, -10, 2) * student.action_mask(t), student.action_mask(t)
             a_H = torch.tanh(mean * mask + eps[n] * mask * log_std.exp())
             ref = G + disc * math.two_hot_inv(student.Q(z, a_H, t, "all")[heads]).mean(0)
-            torch.testing.assert_close(fast[n], ref, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(value[n], ref, rtol=1e-5, atol=1e-4)
 
 
 def test_many_environments_at_once(student):
@@ -116,9 +117,10 @@ def test_public_flop_count_matches_issue_figure():
 
 
 def test_compiled_planner_and_onednn_match_eager(monkeypatch):
-    """The compiled planner and oneDNN's matmuls (``runtime.onednn_fp32_matmul``) change float rounding only.
+    """The speed layer (accelerated model, compiled planner, oneDNN's matmuls) changes float rounding only.
     The weights are spread (std 0.2) so that trajectory values differ: at TD-MPC2's initialisation every value
     is ~0 and the elite selection turns rounding into different actions."""
+    from tdmpc_opt_lib import fast
     pytest.importorskip("torch._inductor")
     torch.manual_seed(0)
     m = WorldModel(model_config(1, ["cartpole-swingup", "cup-catch"])).eval()
@@ -126,12 +128,12 @@ def test_compiled_planner_and_onednn_match_eager(monkeypatch):
         torch.nn.init.normal_(p, std=0.2)
     obs, task = torch.randn(2, 8) * 0.3, torch.tensor([0, 1])
     cfg = PlannerConfig(num_samples=64, num_elites=8, num_pi_trajs=4)
-    monkeypatch.setenv("TDMPC_OPT_ONEDNN", "0")
     eager = Planner(m, cfg, seed=1).plan(obs, task, True)
     for onednn in ("0", "1"):
         monkeypatch.setenv("TDMPC_OPT_ONEDNN", onednn)
         for compile_ in (False, True):
-            got = Planner(m, cfg, seed=1, compile=compile_).plan(obs, task, True)
+            with fast.cpu_runtime():
+                got = Planner(fast.accelerate(m), cfg, seed=1, compile=compile_).plan(obs, task, True)
             torch.testing.assert_close(got, eager, atol=1e-4, rtol=0)
 
 
@@ -147,7 +149,9 @@ def test_five_head_model_equals_reference():
         cfg = PlannerConfig(num_samples=64, num_elites=8, num_pi_trajs=4, iterations=3)
         obs = torch.randn(1, m.cfg.obs_dim) * 0.3
         ref, _ = plan_reference(m, obs[0], 1, None, cfg, generator=torch.Generator().manual_seed(3))
-        ours = Planner(m, cfg, seed=3).plan(obs, torch.tensor([1]), True)
-        torch.testing.assert_close(ours[0], ref, atol=1e-9, rtol=0)
+        from tdmpc_opt_lib import fast
+        for model in (m, fast.accelerate(m)):
+            ours = Planner(model, cfg, seed=3).plan(obs, torch.tensor([1]), True)
+            torch.testing.assert_close(ours[0], ref, atol=1e-9, rtol=0)
     finally:
         torch.set_default_dtype(torch.float32)

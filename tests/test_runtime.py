@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-CODE = "from tdmpc_opt_lib.runtime import keep_freed_memory as k; print(k(), k())"
+CODE = "from tdmpc_opt_lib.fast.runtime import keep_freed_memory as k; print(k(), k())"
 
 
 def _run(**env) -> str:
@@ -26,7 +26,7 @@ def test_onednn_matmul_context_sets_and_restores_the_flag(monkeypatch):
     """On while inside (where the probe found oneDNN exact), restored after, even on an error; off on request and
     when the user chose a precision of their own."""
     import torch
-    from tdmpc_opt_lib import runtime
+    from tdmpc_opt_lib.fast import runtime
     mkldnn = torch.backends.mkldnn.matmul
     before = mkldnn.fp32_precision
     with runtime.onednn_fp32_matmul() as on:
@@ -52,7 +52,7 @@ def test_onednn_matmul_context_sets_and_restores_the_flag(monkeypatch):
 def test_onednn_probe_refuses_reduced_precision(monkeypatch):
     """Products with bfloat16-rounded inputs (what oneDNN computes on AMX machines) fail the probe."""
     import torch
-    from tdmpc_opt_lib import runtime
+    from tdmpc_opt_lib.fast import runtime
     rounded = lambda a, b: (a.bfloat16().float() @ b.bfloat16().float())
     monkeypatch.setattr(torch, "mm", rounded)
     monkeypatch.setattr(torch, "bmm", rounded)
@@ -72,18 +72,20 @@ def test_training_update_is_float32_with_onednn(monkeypatch):
     from tdmpc_opt_lib.config import model_config
     from tdmpc_opt_lib.world_model import WorldModel
     torch.manual_seed(0)
-    model = WorldModel(model_config(1, "mt30")).fuse_kernels()
+    from tdmpc_opt_lib import fast
+    model = WorldModel(model_config(1, "mt30"))
     B, cfg = 256, model.cfg
     batch = dict(obs=torch.randn(4, B, cfg.obs_dim), action=torch.rand(3, B, cfg.action_dim) * 2 - 1,
                  reward=torch.rand(3, B, 1), task=torch.randint(0, cfg.num_tasks, (B,)))
     results = []
     for flag in ("0", "1"):
         monkeypatch.setenv("TDMPC_OPT_ONEDNN", flag)
-        learner = training.Learner(copy.deepcopy(model), training.UpdateConfig(batch_size=B))
-        torch.manual_seed(1)
-        learner.update(**batch)                         # the first update: reward and Q heads start at zero
-        torch.manual_seed(2)
-        results.append(learner.update(**batch))
+        learner = training.Learner(fast.accelerate(copy.deepcopy(model)), training.UpdateConfig(batch_size=B))
+        with fast.cpu_runtime():
+            torch.manual_seed(1)
+            learner.update(**batch)                     # the first update: reward and Q heads start at zero
+            torch.manual_seed(2)
+            results.append(learner.update(**batch))
     off, on = results
     for k in ("consistency", "reward", "value", "pi", "grad_norm", "pi_grad_norm"):
         torch.testing.assert_close(on[k], off[k], rtol=1e-4, atol=1e-7)

@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 
-from tdmpc_opt_lib import data, online, training
+from tdmpc_opt_lib import data, fast, online, training
 from tdmpc_opt_lib.checkpoints import load_checkpoint, save_checkpoint
 from tdmpc_opt_lib.cli import main
 from tdmpc_opt_lib.config import model_config
@@ -194,13 +194,13 @@ def test_model_losses_match_a_per_step_reference(dataset):
 
 
 def test_fused_kernels_match_eager_losses_and_gradients():
-    """WorldModel.fuse_kernels (C / compiled LayerNorm+Mish, the task embedding folded into per-task first-layer
+    """fast.accelerate (C / compiled LayerNorm+Mish, the task embedding folded into per-task first-layer
     rows) changes speed, not results: losses and every parameter's gradient, the task embedding's included
     (dropout off in eval)."""
     import copy
     torch.manual_seed(0)
     eager = WorldModel(model_config(None, TASKS, **TEACHER)).eval()
-    fused = copy.deepcopy(eager).fuse_kernels()
+    fused = fast.accelerate(copy.deepcopy(eager))
     fused.FOLD_MIN_ROWS = 1                                         # fold these few rows too
     obs = torch.randn(3, 8, eager.cfg.obs_dim)                      # tasks repeat over a horizon dim, as in training
     a, task = torch.rand(3, 8, eager.cfg.action_dim) * 2 - 1, torch.tensor([0, 1, 1, 0, 1, 1, 1, 0])

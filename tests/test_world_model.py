@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tdmpc_opt_lib import math
+from tdmpc_opt_lib import fast, math
 from tdmpc_opt_lib.checkpoints import load_checkpoint
 from tdmpc_opt_lib.config import MT30, model_config, task_set
 from tdmpc_opt_lib.world_model import WorldModel
@@ -126,7 +126,7 @@ def test_folded_task_embedding_matches_concatenation(num_q):
     with torch.no_grad():
         for p in plain.parameters():
             p.normal_(0, 0.3)
-    fused = copy.deepcopy(plain).fuse_kernels()
+    fused = fast.accelerate(copy.deepcopy(plain))
     fused.FOLD_MIN_ROWS = 1                                         # fold these few rows too
     obs = torch.randn(3, 5, plain.cfg.obs_dim)
     task, a = torch.tensor([0, 2, 1, 1, 2]), torch.rand(3, 5, plain.cfg.action_dim) * 2 - 1
@@ -150,11 +150,11 @@ def test_folded_task_embedding_matches_concatenation(num_q):
 def test_only_fused_models_fold():
     """Unfused models (loaded checkpoints, evaluation, golden checks) keep the public concatenated inputs, and
     fused ones too for small batches."""
-    m = WorldModel(model_config(None, ["cartpole-swingup"], enc_dim=32, mlp_dim=32, latent_dim=16, task_dim=4))
+    plain = WorldModel(model_config(None, ["cartpole-swingup"], enc_dim=32, mlp_dim=32, latent_dim=16, task_dim=4))
+    assert not hasattr(plain, "_foldable")
+    m = fast.accelerate(plain)
     nets = (m._pi, m._dynamics, m._reward, m._Qs, m._encoder["state"])
     rows = torch.zeros(2, m.FOLD_MIN_ROWS // 2, 16)
-    assert not any(m._foldable(net[0], rows) for net in nets)
-    m.fuse_kernels()
     assert all(m._foldable(net[0], rows) for net in nets)
     assert not any(m._foldable(net[0], rows[:, 1:]) for net in nets)      # too few rows to pay for the folding
 
