@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -28,6 +29,72 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {out}")
 
 
+# ------------------------------------------------------------------------------------------ train
+def _parse_override(s: str) -> tuple[str, int | float]:
+    k, _, v = s.partition("=")
+    if not v:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    return k.replace("-", "_"), float(v) if "." in v or "e" in v else int(v)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import TrainConfig, train
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    kwargs["model_overrides"] = dict(args.override or [])
+    if args.tasks:
+        kwargs["tasks"] = [t.strip() for t in args.tasks.split(",")]
+    if args.model_size == 0:
+        kwargs["model_size"] = None
+    train(TrainConfig(**kwargs), progress=not args.no_progress)
+    print(f"done: {Path(args.out) / 'model.pt'}, metrics in {Path(args.out) / 'metrics.csv'}")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .training import DISTILL_KINDS, TrainConfig
+    d = TrainConfig(data="", out="")
+    p = sub.add_parser("train", help="offline multi-task training / TD-MPC-Opt distillation on a dataset folder")
+    p.add_argument("--data", required=True, help="dataset folder in this library's format (see convert-data)")
+    p.add_argument("--out", required=True, help="run folder; an existing run there is resumed")
+    p.add_argument("--model-size", type=int, default=d.model_size, help="1/5/19/48/317, or 0 = custom via --override")
+    p.add_argument("--override", action="append", type=_parse_override, metavar="KEY=VALUE",
+                   help="model config field, e.g. latent_dim=64 (repeatable)")
+    p.add_argument("--teacher", default=None, help="frozen teacher checkpoint (needs --d-coef > 0)")
+    p.add_argument("--init-from", default=None, help="start from this checkpoint's weights (fresh optimizer)")
+    p.add_argument("--d-coef", type=float, default=d.d_coef, help="distillation weight; paper best 0.4, release 0.45")
+    p.add_argument("--distill", choices=DISTILL_KINDS, default=d.distill)
+    p.add_argument("--tasks", default=None, help="comma list: train only on these tasks of the dataset")
+    for name in ("steps", "batch_size", "seed", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
+                 "eval_episode_length", "horizon", "pca_samples"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    for name in ("lr", "enc_lr_scale", "grad_clip", "consistency_coef", "reward_coef", "value_coef", "rho", "tau",
+                 "entropy_coef"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    p.add_argument("--no-eval-mpc", dest="eval_mpc", action="store_false", help="evaluate with the policy prior")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="eager LayerNorm+Mish (default: fused kernels unless TDMPC_OPT_COMPILE=0)")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train)
+
+
+# ----------------------------------------------------------------------------------- convert-data
+def _convert_data(args: argparse.Namespace) -> None:
+    from .data import convert_public
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    print(convert_public(args.chunks, args.out, tasks=tasks, trust=args.trust))
+
+
+def _add_convert_data(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("convert-data", help="convert public TD-MPC2 chunk_*.pt files (pickles!) to the safe format")
+    c.add_argument("chunks", nargs="+", help="chunk_*.pt files, in order (needs `pip install tensordict`)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--tasks", default=None, help="comma list naming the task ids (default: the MT30 list)")
+    c.add_argument("--trust", action="store_true",
+                   help="confirm the chunks come from a trusted source (they are pickles)")
+    c.set_defaults(func=_convert_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tdmpc_opt_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -47,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="CSV of per-episode results")
     ev.set_defaults(func=_evaluate)
     from . import quantize; quantize.register_cli(sub)
-    from . import training; training.register_cli(sub)
+    _add_train(sub)
+    _add_convert_data(sub)
     from . import mtmini; mtmini.register_cli(sub)
     from . import report; report.register_cli(sub)
     return ap

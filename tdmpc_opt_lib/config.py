@@ -23,20 +23,6 @@ MT30: dict[str, tuple[int, int]] = {
     "reacher-three-hard": (8, 3), "cup-spin": (8, 2), "pendulum-spin": (3, 1),
 }
 
-# The MT80 task set = MT30 followed by 50 Meta-World tasks. Only the DMControl part runs here;
-# the names are listed so that an MT80 checkpoint's embedding rows can be labelled.
-MT80_METAWORLD: tuple[str, ...] = tuple(f"mw-{n}" for n in (
-    "assembly", "basketball", "button-press-topdown", "button-press-topdown-wall", "button-press",
-    "button-press-wall", "coffee-button", "coffee-pull", "coffee-push", "dial-turn", "disassemble",
-    "door-open", "door-close", "drawer-close", "drawer-open", "faucet-open", "faucet-close",
-    "hammer", "handle-press-side", "handle-press", "handle-pull-side", "handle-pull", "lever-pull",
-    "peg-insert-side", "peg-unplug-side", "pick-out-of-hole", "pick-place", "pick-place-wall",
-    "plate-slide", "plate-slide-side", "plate-slide-back", "plate-slide-back-side", "push-back",
-    "push", "push-wall", "reach", "reach-wall", "shelf-place", "soccer", "stick-push", "stick-pull",
-    "sweep-into", "sweep", "window-open", "window-close", "bin-picking", "box-close",
-    "door-lock", "door-unlock", "hand-insert",
-))
-
 # The embedded default task set: small enough to learn on a 2-core CPU; five embodiments,
 # obs dims 5/3/6/8/9, action dims 1/1/2/2/2.
 MT_MINI: tuple[str, ...] = ("cartpole-balance", "pendulum-spin", "reacher-easy", "cup-catch", "finger-spin")
@@ -80,9 +66,6 @@ class TaskSet:
 
     def discounts(self) -> list[float]:
         return [discount(length) for length in self.episode_lengths]
-
-    def subset(self, tasks: list[str] | tuple[str, ...]) -> list[int]:
-        return [self.index(t) for t in tasks]
 
 
 def discount(episode_length: int) -> float:
@@ -155,10 +138,6 @@ class ModelConfig:
     @property
     def num_tasks(self) -> int:
         return len(self.tasks.tasks)
-
-    @property
-    def bin_size(self) -> float:
-        return (self.vmax - self.vmin) / (self.num_bins - 1)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

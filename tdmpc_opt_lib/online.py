@@ -10,7 +10,6 @@ ready for :func:`tdmpc_opt_lib.data.merge` into a multi-task dataset.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,12 +19,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+<<<<<<< HEAD
 from . import data, fast
 from .checkpoints import CheckpointError, atomic_save, save_checkpoint
+=======
+from . import data
+from .checkpoints import save_checkpoint
+>>>>>>> wt-data
 from .config import model_config, task_set
 from .envs import MultiTaskEnv
 from .planner import Planner, PlannerConfig
-from .training import Learner, MetricsCSV, UpdateConfig
+from .runstate import MetricsCSV, RunState, accumulate, due, evaluate_score, run_settings
+from .training import Learner, UpdateConfig
 from .world_model import WorldModel
 
 ONLINE_FORMAT = "tdmpc_opt_online/1"
@@ -67,35 +72,25 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
     buffer = data.EpisodeBuffer(list(ts.tasks), model.cfg.obs_dim, model.cfg.action_dim)
     rng = np.random.default_rng(cfg.seed)           # seed-phase actions
     out = Path(cfg.out)
-    ckpt_path = out / "online.pt"
-    step, episode, credit, state = 0, 0, 0.0, None
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state.get("format") != ONLINE_FORMAT:
-            raise CheckpointError(f"{ckpt_path} is not an online-training checkpoint of this library")
-        run = _run_config(cfg)
-        if state["run"] != run:
-            raise ValueError(f"{out} holds a different run ({state['run']} vs {run}); use another --out folder")
-        model.load_state_dict(state["model"])
-        learner.load_state_dict(state["learner"])
-        rng.bit_generator.state = state["rng"]
-        planner.generator.set_state(state["planner_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        step, episode, credit = state["step"], state["episode"], state["credit"]
+    run_state = RunState(out / "online.pt", ONLINE_FORMAT, _run_config(cfg))
+    state = run_state.load(device)
+    step, episode, credit = 0, 0, 0.0
+    if state is not None:
         buffer = data.EpisodeBuffer.from_dataset(data.Dataset.open(out / state["buffer"]))
     sampler = data.WindowSampler(buffer, cfg.horizon, cfg.batch_size, seed=cfg.seed)
     if state is not None:
-        sampler.load_state_dict(state["sampler"])
+        step = run_state.restore(state, model, learner, sampler)
+        episode, credit = state["episode"], state["credit"]
+        rng.bit_generator.state = state["rng"]
+        planner.generator.set_state(state["planner_rng"].cpu())
     out.mkdir(parents=True, exist_ok=True)
-    log = MetricsCSV(out / "metrics.csv", keep_until=step, columns=COLUMNS)
+    log = MetricsCSV(out / "metrics.csv", COLUMNS, keep_until=step)
 
     def save_state() -> None:
         name = f"buffer-{step:09d}"
         data.save(buffer.dataset, out / name, overwrite=True)
-        atomic_save({"format": ONLINE_FORMAT, "run": _run_config(cfg), "step": step, "episode": episode,
-                     "credit": credit, "buffer": name, "model": model.state_dict(), "learner": learner.state_dict(),
-                     "sampler": sampler.state_dict(), "rng": rng.bit_generator.state,
-                     "planner_rng": planner.generator.get_state(), "torch_rng": torch.get_rng_state()}, ckpt_path)
+        run_state.save(step, model, learner, sampler, episode=episode, credit=credit, buffer=name,
+                       rng=rng.bit_generator.state, planner_rng=planner.generator.get_state())
         for old in out.glob("buffer-*"):
             if old.name != name:
                 shutil.rmtree(old)
@@ -120,10 +115,14 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
             if step >= seed_steps:                   # credit accrues even before the first episode is stored
                 credit += (seed_steps if step == seed_steps else 1) * cfg.update_ratio
             while credit >= 1 and sampler.num_windows:
+<<<<<<< HEAD
                 with fast.cpu_runtime(device):
                     metrics = learner.update(**{k: v.to(device) for k, v in sampler.sample().items()})
                 for k, v in metrics.items():
                     sums[k] = sums[k] + v if k in sums else v
+=======
+                accumulate(sums, learner.update(**{k: v.to(device) for k, v in sampler.sample().items()}))
+>>>>>>> wt-data
                 credit -= 1
                 updates += 1
             step += 1
@@ -135,11 +134,13 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
         row = {"step": step, "episode": episode, "episode_return": float(np.nansum(ep_rew)), "updates": updates,
                "steps_per_s": (step - step_start) / (time.perf_counter() - t_start),
                **{k: float(v) / updates for k, v in sums.items()}}
-        if cfg.eval_every and step // cfg.eval_every > (step - len(ep_rew) + 1) // cfg.eval_every:
-            row["eval_score"] = _evaluate(model, cfg, planner_cfg)
+        episode_start = step - (len(ep_rew) - 1)
+        if due(cfg.eval_every, step, episode_start):
+            row["eval_score"] = evaluate_score(model, [cfg.task], cfg.eval_episodes, cfg.seed, mpc=True,
+                                               planner_cfg=planner_cfg, episode_length=cfg.episode_length)
         log.append(row)
         bar.set_postfix(ret=f"{row['episode_return']:.1f}")
-        if step // cfg.checkpoint_every > (step - len(ep_rew) + 1) // cfg.checkpoint_every or step >= cfg.steps:
+        if due(cfg.checkpoint_every, step, episode_start) or step >= cfg.steps:
             save_state()
     bar.close()
     data.save(buffer.dataset, out / "dataset", overwrite=True)
@@ -148,13 +149,5 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
 
 
 def _run_config(cfg: OnlineConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "eval_every", "eval_episodes",
-                                                                          "checkpoint_every", "device")}
-
-
-def _evaluate(model: WorldModel, cfg: OnlineConfig, planner_cfg: PlannerConfig) -> float:
-    from .evaluation import evaluate, normalized_score
-    with torch.random.fork_rng(devices=[]):
-        df = evaluate(model, [cfg.task], cfg.eval_episodes, cfg.seed, mpc=True, planner_cfg=planner_cfg,
-                      episode_length=cfg.episode_length, progress=False)
-    return normalized_score(df)
+    """What must match to resume a run: the settings but for length, evaluation, checkpointing and device."""
+    return run_settings(cfg, {"steps", "eval_every", "eval_episodes", "checkpoint_every", "device"})

@@ -165,7 +165,7 @@ def test_mmap_advice_follows_dataset_size(tmp_path, monkeypatch):
     assert data.mmap_advice(10, ram=0) == mmap.MADV_RANDOM         # memory unknown: the safe choice
     asked = []
     real = data.mmap_advice
-    monkeypatch.setattr(data, "mmap_advice", lambda n: asked.append(n) or real(n, ram=0))
+    monkeypatch.setattr(data.storage, "mmap_advice", lambda n: asked.append(n) or real(n, ram=0))
     ds = _tagged_dataset(tmp_path / "ds")
     assert asked == [41 * 4 * (4 + 2 + 1)]                          # obs, action and reward bytes
     assert ds.obs[7, 0] == 2

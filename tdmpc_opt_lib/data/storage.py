@@ -1,7 +1,5 @@
-"""Offline datasets: our memory-mapped format, the public MT30/MT80 chunks, a window sampler.
-
-Our format is a folder of plain ``.npy`` files plus ``index.json`` (no pickles, nothing executes
-on load)::
+"""Our dataset format: a folder of plain ``.npy`` files plus ``index.json`` (no pickles, nothing
+executes on load)::
 
     obs.npy            [steps, obs_dim]     float32  every step of every episode, episodes back to back
     action.npy         [steps, action_dim]  float32  action that led to the step (NaN on an episode's first row)
@@ -10,10 +8,8 @@ on load)::
     episode_offset.npy [episodes]           int64    first row of each episode
     episode_length.npy [episodes]           int64    rows of each episode (agent steps + 1)
 
-The public TD-MPC2 chunks (``chunk_*.pt``) are pickled TensorDicts of shape [episodes, T+1]; reading
-them runs pickle code, so :func:`convert_public` does it only with ``trust=True``, once, and the
-result is our format. Real chunks need ``pip install tensordict`` to unpickle; a plain dict of
-tensors in the same layout (what :func:`export_public` writes) reads without it.
+:class:`Dataset` memory-maps such a folder, :class:`DatasetWriter` writes one block by block and
+:class:`EpisodeBuffer` is the growable in-memory variant that online training fills.
 """
 from __future__ import annotations
 
@@ -26,20 +22,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 FORMAT = "tdmpc_opt_dataset"
 VERSION = 1
-_STEP_FIELDS = ("obs", "action", "reward")
-_EPISODE_FIELDS = ("episode_task", "episode_offset", "episode_length")
 
 
 class DatasetError(ValueError):
     """A dataset folder or file that is missing, truncated or malformed."""
-
-
-class UntrustedFileError(DatasetError):
-    """A pickle-based file was about to be loaded without the caller's explicit ``trust=True``."""
 
 
 # --------------------------------------------------------------------------------------- dataset
@@ -348,187 +337,3 @@ class EpisodeBuffer:
         buf._task, buf._length, buf.rows = [int(t) for t in ds.episode_task], [int(x) for x in ds.episode_length], n
         buf._view = None
         return buf
-
-
-# ---------------------------------------------------------------------------------------- sampling
-class WindowSampler:
-    """Uniform random windows of ``horizon + 1`` consecutive steps that never cross an episode boundary.
-
-    ``sample()`` returns torch tensors ``obs [H+1, B, obs]``, ``action [H, B, A]``, ``reward [H, B, 1]``
-    and ``task [B]``: the actions and rewards of window steps 1..H, as in TD-MPC2's buffer. Episodes
-    appended to the dataset later (a replay buffer) are picked up automatically.
-    """
-
-    def __init__(self, dataset: "Dataset | EpisodeBuffer", horizon: int = 3, batch_size: int = 256, seed: int = 0,
-                 tasks: list[str] | None = None):
-        self.source, self.horizon, self.batch_size = dataset, horizon, batch_size
-        self.rng = np.random.default_rng(seed)
-        self.task_ids = None if tasks is None else [_task_index(dataset.tasks, t) for t in tasks]
-        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    @property
-    def ds(self) -> Dataset:
-        return self.source.dataset if isinstance(self.source, EpisodeBuffer) else self.source
-
-    def _windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(episodes with at least one window, cumulative window counts, first row of their first window
-        minus the windows before them) for the current dataset."""
-        E = self.ds.num_episodes
-        if self._cache is None or self._cache[0] != E:
-            count = np.maximum(np.asarray(self.ds.episode_length) - self.horizon, 0)
-            if self.task_ids is not None:
-                count = count * np.isin(np.asarray(self.ds.episode_task), self.task_ids)
-            episodes = np.flatnonzero(count)
-            cum = np.cumsum(count[episodes])
-            base = np.asarray(self.ds.episode_offset)[episodes] - (cum - count[episodes])
-            self._cache = (E, episodes, cum, base)
-        return self._cache[1:]
-
-    @property
-    def num_windows(self) -> int:
-        cum = self._windows()[1]
-        return int(cum[-1]) if len(cum) else 0
-
-    def sample_starts(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(first row, episode id) of ``batch_size`` windows drawn uniformly with replacement."""
-        episodes, cum, base = self._windows()
-        if not len(cum):
-            raise ValueError(f"no window of {self.horizon + 1} steps in the dataset (for the selected tasks)")
-        u = self.rng.integers(0, cum[-1], batch_size or self.batch_size)   # window number
-        k = np.searchsorted(cum, u, side="right")
-        return base[k] + u, episodes[k]
-
-    def sample(self) -> dict[str, torch.Tensor]:
-        start, ep = self.sample_starts()
-        H, B = self.horizon, len(start)
-        rows = (start[None, :] + np.arange(H + 1)[:, None]).reshape(-1)     # [(H+1)·B], step-major
-        obs = np.asarray(self.ds.obs[rows]).reshape(H + 1, B, -1)
-        action = np.asarray(self.ds.action[rows]).reshape(H + 1, B, -1)[1:]
-        reward = np.asarray(self.ds.reward[rows]).reshape(H + 1, B, 1)[1:]
-        return {"obs": torch.from_numpy(obs), "action": torch.from_numpy(action),
-                "reward": torch.from_numpy(reward), "task": torch.from_numpy(np.asarray(self.ds.episode_task)[ep])}
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-
-
-def _task_index(tasks: list[str], t: str | int) -> int:
-    if isinstance(t, int):
-        return t
-    if t not in tasks:
-        raise ValueError(f"task {t!r} is not in the dataset; its tasks: {', '.join(tasks)}")
-    return tasks.index(t)
-
-
-# ------------------------------------------------------------------------------ public chunk layout
-_UNTRUSTED = ("{path} is a pickle: loading it can run arbitrary code. Convert public chunks once with "
-              "convert_public(paths, out_dir, trust=True) (CLI: convert-data --trust) only if you trust their "
-              "source (e.g. the official TD-MPC2 release); training then reads the safe converted format.")
-
-
-def read_public_chunk(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
-    """Load one public ``chunk_*.pt`` (a pickle!) as ``{obs, action, reward, task}`` tensors [E, T+1, ...]."""
-    path = Path(path)
-    if not trust:
-        raise UntrustedFileError(_UNTRUSTED.format(path=path))
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing")
-    try:
-        td = torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as e:
-        raise DatasetError(f"{path} needs the module {e.name!r} to unpickle (public chunks are TensorDicts: "
-                           "pip install tensordict)") from e
-    except Exception as e:
-        raise DatasetError(f"{path} is truncated or not a torch file ({type(e).__name__}: {e})") from e
-    try:
-        out = {k: torch.as_tensor(td[k]) for k in ("obs", "action", "reward", "task")}
-    except (KeyError, TypeError, IndexError) as e:
-        raise DatasetError(f"{path} holds a {type(td).__name__} without the keys obs/action/reward/task") from e
-    E, T1 = out["reward"].shape[:2]
-    if out["obs"].dim() != 3 or out["obs"].shape[:2] != (E, T1) or out["action"].shape[:2] != (E, T1) \
-            or out["task"].shape[:2] != (E, T1):
-        raise DatasetError(f"{path}: fields disagree on [episodes, steps]: "
-                           + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()))
-    out["reward"] = out["reward"].reshape(E, T1)
-    out["task"] = out["task"].reshape(E, T1)
-    if not bool((out["task"] == out["task"][:, :1]).all()):
-        raise DatasetError(f"{path}: an episode changes task mid-way")
-    return out
-
-
-def convert_public(paths: list[str | os.PathLike], out_dir: str | os.PathLike, tasks: list[str] | None = None,
-                   trust: bool = False, overwrite: bool = False) -> Path:
-    """Convert public chunks (in the given order) into our format; ``tasks`` names the task ids (default MT30)."""
-    if not trust:
-        raise UntrustedFileError(_UNTRUSTED.format(path=", ".join(map(str, paths)) or "the chunks"))
-    from .config import MT30
-    tasks = list(tasks or MT30)
-    writer = None
-    try:
-        for p in paths:
-            c = read_public_chunk(p, trust=True)
-            if writer is None:
-                writer = DatasetWriter(out_dir, tasks, c["obs"].shape[-1], c["action"].shape[-1], overwrite)
-            writer.add(c["obs"].numpy(), c["action"].numpy(), c["reward"].numpy(), c["task"][:, 0].long().numpy())
-        if writer is None:
-            raise ValueError("no chunk files given")
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    return writer.close()
-
-
-def export_public(ds: Dataset, out_dir: str | os.PathLike, episodes_per_chunk: int = 1000) -> list[Path]:
-    """Write ``chunk_{i}.pt`` files in the public layout (a dict of tensors per chunk; equal episode lengths)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from .checkpoints import atomic_save
-    files = []
-    for i, lo in enumerate(range(0, ds.num_episodes, episodes_per_chunk)):
-        eps = range(lo, min(lo + episodes_per_chunk, ds.num_episodes))
-        lengths = {int(ds.episode_length[e]) for e in eps}
-        if len(lengths) != 1:
-            raise ValueError(f"episodes {eps.start}..{eps.stop - 1} have different lengths {sorted(lengths)}: "
-                             "the public layout needs equal-length episodes per chunk")
-        T1 = lengths.pop()
-        rows = (np.asarray(ds.episode_offset)[list(eps)][:, None] + np.arange(T1)[None]).reshape(-1)
-        E = len(eps)
-        chunk = {"obs": torch.from_numpy(np.asarray(ds.obs[rows]).reshape(E, T1, -1)),
-                 "action": torch.from_numpy(np.asarray(ds.action[rows]).reshape(E, T1, -1)),
-                 "reward": torch.from_numpy(np.asarray(ds.reward[rows]).reshape(E, T1)),
-                 "task": torch.from_numpy(np.repeat(np.asarray(ds.episode_task)[list(eps)][:, None], T1, 1))}
-        atomic_save(chunk, out / f"chunk_{i}.pt")
-        files.append(out / f"chunk_{i}.pt")
-    return files
-
-
-# ---------------------------------------------------------------------------------------- synthetic
-def make_synthetic(out_dir: str | os.PathLike, transitions: int = 20_000_000, tasks: list[str] | str = "mt30",
-                   episode_length: int = 500, seed: int = 0, episodes_per_block: int = 200,
-                   overwrite: bool = False) -> Path:
-    """Random episodes in our format, written block by block (memory use independent of ``transitions``).
-
-    Observations are N(0, 1) in each task's true dims and zero-padding after; actions uniform in
-    [-1, 1] on the task's action dims; rewards uniform in [0, 1]. For I/O and memory benchmarks only.
-    """
-    from .config import task_set
-    ts = task_set(tasks)
-    rng = np.random.default_rng(seed)
-    episodes = -(-transitions // episode_length)
-    T1 = episode_length + 1
-    with DatasetWriter(out_dir, list(ts.tasks), ts.obs_pad, ts.action_pad, overwrite) as w:
-        for lo in range(0, episodes, episodes_per_block):
-            E = min(episodes_per_block, episodes - lo)
-            task = rng.integers(0, len(ts.tasks), E)
-            obs_mask = np.arange(ts.obs_pad)[None] < np.array(ts.obs_dims)[task][:, None]
-            act_mask = np.arange(ts.action_pad)[None] < np.array(ts.action_dims)[task][:, None]
-            obs = rng.standard_normal((E, T1, ts.obs_pad), np.float32) * obs_mask[:, None]
-            action = rng.uniform(-1, 1, (E, T1, ts.action_pad)).astype(np.float32) * act_mask[:, None]
-            reward = rng.uniform(0, 1, (E, T1)).astype(np.float32)
-            action[:, 0], reward[:, 0] = np.nan, np.nan
-            w.add(obs, action, reward, task)
-    return Path(out_dir)
