@@ -77,7 +77,7 @@ def main() -> None:
         file = Path(given.get(scheme, row["full_path"]))
         df = evaluate_groups(scheme, file, tasks, args)
         df.to_csv(args.out / f"released_{scheme}_mpc_seed{args.seed}.csv", index=False)
-        loaded = quantize.load_model(file, task_set=",".join(tasks))
+        loaded = load_checkpoint(file, task_set=",".join(tasks))
         rows.append({"scheme": scheme, "file": file.name, "full_mib": row["full_mib"],
                      "deployable_mib": row["deployable_mib"], "score": normalized_score(df),
                      "plan_ms": quantize.planning_latency_ms(loaded, steps=10, compile=True)})

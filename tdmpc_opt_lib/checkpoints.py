@@ -2,10 +2,13 @@
 
 Public files are ``torch.save({"model": state_dict})``. Our files add ``"config"`` (the ModelConfig
 as a dict) and ``"format"``; every file is read with ``torch.load(weights_only=True)``.
+:func:`load_checkpoint` reads them all, and the quantized files and safetensors exports of
+:mod:`tdmpc_opt_lib.quantize` (through :mod:`tdmpc_opt_lib.quantize.files`).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -95,6 +98,17 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"model": obj}
     raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a TD-MPC2 checkpoint ({{'model': state_dict}})")
+
+
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """Read a safetensors export folder (``quantize.export_safetensors``) as :func:`read_file` reads a file:
+    ``{"model": tensors, **config.json}``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path} is not a safetensors export (needs config.json and model.safetensors)")
+    return {"model": load_file(path / "model.safetensors"), **json.loads((path / "config.json").read_text())}
 
 
 def detect_format(sd: dict) -> str:
@@ -235,38 +249,46 @@ def is_quantized_file(obj: dict) -> bool:
 
 def load_checkpoint(path: str | os.PathLike, task_set: str | TaskSet | list[str] | None = None,
                     model_size: int | None = None, device: str | torch.device = "cpu") -> WorldModel:
-    """Load any supported checkpoint into a float32 :class:`WorldModel` in eval mode.
+    """Load any supported checkpoint into a :class:`WorldModel` in eval mode.
 
-    ``task_set`` defaults to the file's own (our format) or ``mt30`` (public files); ``model_size``
-    is inferred from the shapes when not given and checked when given.
+    Reads public TD-MPC2 files (old and new API), the paper's released fp16 / mixed / int8 files, files of
+    :func:`save_checkpoint`, quantized files of :mod:`tdmpc_opt_lib.quantize` and its safetensors export
+    folders. Weights are float32 (``int8-dynamic`` files: int8 layers). ``task_set`` defaults to the file's
+    own (our files) or ``mt30`` (public files) and is checked; ``model_size`` is inferred from the shapes
+    when not given and checked when given.
     """
     path = Path(path)
-    return model_from_file_object(read_file(path), path, task_set, model_size, device)
-
-
-def model_from_file_object(obj: dict, path: Path, task_set: str | TaskSet | list[str] | None = None,
-                           model_size: int | None = None, device: str | torch.device = "cpu") -> WorldModel:
-    """:func:`load_checkpoint` on a file already read with :func:`read_file` (``path`` names it in errors)."""
-    raw = obj["model"]
+    obj = read_safetensors(path) if path.is_dir() else read_file(path)
     if is_quantized_file(obj):
-        raise CheckpointError(f"{path} is a quantized export of this library ({obj['quantized']}); "
-                              "load it with tdmpc_opt_lib.quantize.load_quantized")
-    fmt = detect_format(raw)
-    sd = dequantize(raw)
-    if fmt != "ours":
-        sd = from_public(sd)
-    if fmt == "ours" and "config" in obj:
-        cfg = ModelConfig.from_dict(obj["config"])
-        if task_set is not None and resolve_task_set(task_set).tasks != cfg.tasks.tasks:
-            raise CheckpointError(f"{path} was trained on tasks {list(cfg.tasks.tasks)}, "
-                                  f"not on the requested task set {list(resolve_task_set(task_set).tasks)}")
-        config_for(infer_architecture(sd), cfg.tasks, model_size, path)
+        from .quantize.files import model_from_quantized  # imported here: the quantize package imports this module
+        model = model_from_quantized(obj, path, task_set, model_size)
     else:
-        cfg = config_for(infer_architecture(sd), resolve_task_set(task_set or "mt30"), model_size, path)
+        fmt = detect_format(obj["model"])
+        sd = dequantize(obj["model"])
+        if fmt != "ours":
+            sd = from_public(sd)
+        model = build_model(sd, obj.get("config") if fmt == "ours" else None, path, task_set, model_size)
+    return model.to(device).eval()
+
+
+def build_model(sd: dict[str, torch.Tensor], config: dict | None, path: Path,
+                task_set: str | TaskSet | list[str] | None = None, model_size: int | None = None) -> WorldModel:
+    """A :class:`WorldModel` holding ``sd`` (float, our names). Its config is ``config`` (a file's, checked
+    against ``task_set``) or, when None, inferred from the shapes for ``task_set`` (default mt30);
+    ``model_size`` is checked either way. ``path`` names the file in errors."""
+    arch = infer_architecture(sd)
+    if config is not None:
+        cfg = ModelConfig.from_dict(config)
+        if task_set is not None and (requested := resolve_task_set(task_set)).tasks != cfg.tasks.tasks:
+            raise CheckpointError(f"{path} was trained on tasks {list(cfg.tasks.tasks)}, "
+                                  f"not on the requested task set {requested.name!r}")
+        config_for(arch, cfg.tasks, model_size, path)
+    else:
+        cfg = config_for(arch, resolve_task_set(task_set or "mt30"), model_size, path)
     model = WorldModel(cfg)
     check_state_dict(model, sd, path)
     model.load_state_dict(sd)
-    return model.to(device).eval()
+    return model
 
 
 def save_checkpoint(model: WorldModel, path: str | os.PathLike, **extra) -> None:
