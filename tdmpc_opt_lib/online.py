@@ -19,13 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-<<<<<<< HEAD
 from . import data, fast
-from .checkpoints import CheckpointError, atomic_save, save_checkpoint
-=======
-from . import data
 from .checkpoints import save_checkpoint
->>>>>>> wt-data
 from .config import model_config, task_set
 from .envs import MultiTaskEnv
 from .planner import Planner, PlannerConfig
@@ -115,14 +110,8 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
             if step >= seed_steps:                   # credit accrues even before the first episode is stored
                 credit += (seed_steps if step == seed_steps else 1) * cfg.update_ratio
             while credit >= 1 and sampler.num_windows:
-<<<<<<< HEAD
                 with fast.cpu_runtime(device):
-                    metrics = learner.update(**{k: v.to(device) for k, v in sampler.sample().items()})
-                for k, v in metrics.items():
-                    sums[k] = sums[k] + v if k in sums else v
-=======
-                accumulate(sums, learner.update(**{k: v.to(device) for k, v in sampler.sample().items()}))
->>>>>>> wt-data
+                    accumulate(sums, learner.update(**{k: v.to(device) for k, v in sampler.sample().items()}))
                 credit -= 1
                 updates += 1
             step += 1
