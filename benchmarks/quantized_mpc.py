@@ -1,4 +1,4 @@
-"""Quantized students with MPPI on all MT30 tasks: the long table of issue 4, resumable.
+"""Quantized students with MPPI on all MT30 tasks: size, score and latency per scheme, resumable.
 
 For each scheme: write the variant (``quantize.write_variant``; ``--variant NAME=PATH`` evaluates a given
 file instead, e.g. the paper's released int8/mixed files), evaluate it with the CLI in ``--procs``

@@ -16,7 +16,7 @@ from .calibration import (CALIBRATION_ENV_SEED, Inputs, calibration_hessians, ca
                           calibration_rollouts, layer_hessians)
 from .files import (deploy_path, export_safetensors, quantized_checkpoint, resolve_defaults, save_paper,
                     save_quantized, write_variant)
-from .int8 import (Int8EnsembleLinear, Int8Linear, dequantize_per_channel, gptq_per_channel, int8_matmul,
-                   matmul_layers, observation_layers, quantize_per_channel, to_int8_dynamic)
+from .int8 import (INT8, Int8EnsembleLinear, Int8Linear, Int8NormedLinear, dequantize_per_channel, gptq_per_channel,
+                   int8_matmul, matmul_layers, observation_layers, quantize_per_channel, to_int8_dynamic)
 from .recipes import (MiB, OUR_SCHEMES, PAPER_RECIPES, PAPER_SCHEMES, SCHEMES, STORAGE_DTYPES, calibrated,
                       dequantize_state, paper_fp16, paper_int8, paper_mixed, quantize_state, tensor_bytes)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import math
+from .. import fast, math
 from ..checkpoints import load_checkpoint
 from ..evaluation import evaluate, normalized_score
 from ..planner import Planner
@@ -88,17 +88,19 @@ def mixed_plan(model: WorldModel, budget_mib: float | None = None,
 
 # ------------------------------------------------------------------------------ latency and the table
 def planning_latency_ms(model: WorldModel, planner_cfg=None, steps: int = 10, compile: bool = False) -> float:
-    """Median wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment
-    (eager unless ``compile``; compiling happens in the warm-up calls)."""
-    planner = Planner(model, planner_cfg, seed=0, compile=compile)
+    """Median wall time (ms) of one :class:`~tdmpc_opt_lib.planner.Planner` action for one environment, with the
+    speed layer (:mod:`tdmpc_opt_lib.fast`; int8 layers run as they are), eager unless ``compile`` (compiling
+    happens in the warm-up calls)."""
+    planner = Planner(fast.accelerate(model), planner_cfg, seed=0, compile=compile)
     obs, task = torch.zeros(1, model.cfg.obs_dim), torch.zeros(1, dtype=torch.long)
-    for t in range(3 if compile else 1):  # warm-up
-        planner.plan(obs, task, t0=t == 0)
     times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        planner.plan(obs, task)
-        times.append(time.perf_counter() - start)
+    with fast.cpu_runtime():
+        for t in range(3 if compile else 1):  # warm-up
+            planner.plan(obs, task, t0=t == 0)
+        for _ in range(steps):
+            start = time.perf_counter()
+            planner.plan(obs, task)
+            times.append(time.perf_counter() - start)
     return float(np.median(times)) * 1e3
 
 

@@ -1,17 +1,16 @@
-# Ours, not torchao 0.18: it has no int8 bmm for the Q ensemble, its files need torchao to load, it is slower on CPU.
 """Per-channel int8: quantize / dequantize, GPTQ rounding, the int8 matmul and the int8 inference modules.
 
 A weight ``w [..., out, in]`` is stored as ``q`` (int8, |q| ≤ 127) and ``scale`` (fp32, one per output
 channel, ``max|w_row| / 127``): ``w ≈ q · scale[..., None]``. The integers are rounded to nearest
 (:func:`quantize_per_channel`) or chosen by GPTQ (:func:`gptq_per_channel`) on the same grid.
 """
+# Ours, not torchao 0.18: it has no int8 bmm for the Q ensemble, its files need torchao to load, it is slower on CPU.
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..layers import EnsembleLinear
+from ..layers import EnsembleLinear, NormedLinear
 from ..world_model import WorldModel
 
 
@@ -79,53 +78,52 @@ def observation_layers(model: WorldModel) -> list[str]:
 
 
 # ============================================================================== int8 inference modules
-class Int8Linear(nn.Module):
-    """Inference-only int8 replacement of a Linear / NormedLinear (bias, LayerNorm, activation in fp32)."""
-
-    def __init__(self, layer: nn.Linear, q: torch.Tensor, scale: torch.Tensor):
-        super().__init__()
-        self.register_buffer("qweight", q.contiguous())
-        self.register_buffer("weight_scale", scale.float())
-        self.bias = layer.bias
-        if hasattr(layer, "ln"):  # NormedLinear; like the planner, tell the two kinds apart by this attribute
-            self.ln, self.act = layer.ln, layer.act
+# The plain layers with their weight stored int8 (per output channel) and the product taken in int8; bias, dropout,
+# LayerNorm and activation are the plain layers' own (``tail``).
+class Int8Linear(nn.Linear):
+    """Inference-only int8 :class:`torch.nn.Linear`."""
 
     @property
     def weight(self) -> torch.Tensor:
-        """fp32 view of the int8 weight (read by the batched planner)."""
+        """fp32 view of the int8 weight."""
         return dequantize_per_channel(self.qweight, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = int8_matmul(x, self.qweight, self.weight_scale) + self.bias
-        return self.act(self.ln(y)) if hasattr(self, "ln") else y
+        return int8_matmul(x, self.qweight, self.weight_scale) + self.bias
 
 
-class Int8EnsembleLinear(nn.Module):
-    """Inference-only int8 replacement of an :class:`EnsembleLinear`: one int8 matmul per Q head."""
+class Int8NormedLinear(NormedLinear):
+    """Inference-only int8 :class:`~tdmpc_opt_lib.layers.NormedLinear`."""
 
-    def __init__(self, layer: EnsembleLinear, q: torch.Tensor, scale: torch.Tensor):
-        super().__init__()
-        self.register_buffer("qweight", q.contiguous())
-        self.register_buffer("weight_scale", scale.float())
-        self.bias, self.ln = layer.bias, layer.ln
+    weight = Int8Linear.weight
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return dequantize_per_channel(self.qweight, self.weight_scale)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(int8_matmul(x, self.qweight, self.weight_scale) + self.bias)
 
-    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None,
-                extra: torch.Tensor | None = None) -> torch.Tensor:
-        if extra is not None:                 # the last input features, given apart (EnsembleLinear.forward)
-            x = torch.cat([x, extra], -1)
+
+class Int8EnsembleLinear(EnsembleLinear):
+    """Inference-only int8 :class:`~tdmpc_opt_lib.layers.EnsembleLinear`: one int8 matmul per head."""
+
+    weight = Int8Linear.weight
+
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
         q, s, b = self.qweight, self.weight_scale, self.bias
         if heads is not None:
             q, s, b = q[heads], s[heads], b[heads]
         y = torch.stack([int8_matmul(x if x.dim() == 2 else x[i], q[i], s[i]) for i in range(q.shape[0])])
-        y = y + b.unsqueeze(1)
-        if self.ln is None:
-            return y
-        g, beta = (self.ln.weight, self.ln.bias) if heads is None else (self.ln.weight[heads], self.ln.bias[heads])
-        return F.mish(F.layer_norm(y, y.shape[-1:]) * g.unsqueeze(1) + beta.unsqueeze(1))
+        return self.tail(y + b.unsqueeze(1), heads)
+
+
+INT8 = {nn.Linear: Int8Linear, NormedLinear: Int8NormedLinear, EnsembleLinear: Int8EnsembleLinear}
+
+
+def int8_layer(layer: nn.Module, q: torch.Tensor, scale: torch.Tensor) -> nn.Module:
+    """``layer`` (in place) with its weight replaced by the int8 ``q`` and per-channel ``scale``."""
+    del layer.weight
+    layer.register_buffer("qweight", q.contiguous())
+    layer.register_buffer("weight_scale", scale.float())
+    layer.__class__ = INT8[type(layer)]
+    return layer
 
 
 def to_int8_dynamic(model: WorldModel, stored: dict[str, torch.Tensor] | None = None) -> WorldModel:
@@ -138,8 +136,6 @@ def to_int8_dynamic(model: WorldModel, stored: dict[str, torch.Tensor] | None = 
             continue
         layer = model.get_submodule(name)
         q, s = (stored[f"{name}.weight"], stored[f"{name}.weight_scale"]) if stored else quantize_per_channel(layer.weight)
-        new = Int8EnsembleLinear(layer, q, s) if isinstance(layer, EnsembleLinear) else Int8Linear(layer, q, s)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+        int8_layer(layer, q, s)
     return model
 # ============================================================================== end of the int8 inference modules

@@ -31,7 +31,7 @@ import torch.nn as nn
 from ..checkpoints import QUANTIZED_DEPRECATION, CheckpointError
 from ..layers import EnsembleLinear
 from ..world_model import WorldModel
-from .int8 import (Int8EnsembleLinear, Int8Linear, dequantize_per_channel, gptq_per_channel, matmul_layers,
+from .int8 import (INT8, dequantize_per_channel, gptq_per_channel, matmul_layers,
                    observation_layers, quantize_per_channel)
 
 MiB = 2 ** 20
@@ -89,7 +89,7 @@ def quantize_state(model: WorldModel, scheme: str, fp16_layers: list[str] | tupl
     int8 layers that have one are rounded by :func:`gptq_per_channel` (target Qs with their online layer's),
     the others to nearest. ``deployable`` drops the target Qs.
     """
-    if any(isinstance(m, (Int8Linear, Int8EnsembleLinear)) for m in model.modules()):
+    if any(isinstance(m, tuple(INT8.values())) for m in model.modules()):
         raise ValueError("model is already int8-dynamic: quantize a float model instead")
     if scheme not in OUR_SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; schemes of this library: {', '.join(OUR_SCHEMES)}")
