@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
     from . import quantize; quantize.register_cli(sub)
     from . import training; training.register_cli(sub)
-    from . import mtmini; mtmini.register_cli(sub)
-    from . import report; report.register_cli(sub)
+    from .study import mtmini; mtmini.register_cli(sub)
+    from .study import report; report.register_cli(sub)
     return ap
 
 

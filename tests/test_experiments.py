@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from tdmpc_opt_lib import data, experiments
+from tdmpc_opt_lib import data
+from tdmpc_opt_lib.study import experiments
 from tdmpc_opt_lib.checkpoints import save_checkpoint
 from tdmpc_opt_lib.config import model_config
 from tdmpc_opt_lib.world_model import WorldModel

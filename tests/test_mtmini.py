@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from tdmpc_opt_lib import data, mtmini, online, training
+from tdmpc_opt_lib import data, online, training
+from tdmpc_opt_lib.study import mtmini
 from tdmpc_opt_lib.checkpoints import load_checkpoint
 from tdmpc_opt_lib.cli import build_parser
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdmpc_opt_lib.params import resolve
+from tdmpc_opt_lib.study.params import resolve
 
 
 def test_profile_defaults_and_overrides(monkeypatch):
@@ -55,7 +55,7 @@ def test_invalid_notebook_parameters_are_named(notebook, name, value, message):
 
 
 def test_distillation_without_a_teacher_is_refused(tmp_path, monkeypatch):
-    import tdmpc_opt_lib.params as params
+    import tdmpc_opt_lib.study.params as params
     from tdmpc_opt_lib import data
     ds = data.make_synthetic(tmp_path / "ds", transitions=100, tasks=["cartpole-balance"], episode_length=20)
     monkeypatch.setattr(params, "MT_MINI_TEACHER", tmp_path / "missing.pt")
@@ -72,7 +72,7 @@ def test_paper_profile_names_the_files_it_needs():
 
 
 def test_paths_are_shown_relative_to_the_repository():
-    from tdmpc_opt_lib import params
+    from tdmpc_opt_lib.study import params
     assert params.rel(params.REPO / "reports" / "results" / "x.csv") == "reports/results/x.csv"
     assert params.rel(params.RELEASED_FP16) == "../shared/checkpoints/mt30_1M_steps_045dist_fp16.pt"
     assert params.rel("/somewhere/else.pt") == "/somewhere/else.pt"

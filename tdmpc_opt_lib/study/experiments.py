@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import training
-from .checkpoints import atomic_write_text, content_digest
-from .evaluation import evaluate, normalized_score, task_table
-from .planner import PlannerConfig
+from .. import training
+from ..checkpoints import atomic_write_text, content_digest
+from ..evaluation import evaluate, normalized_score, task_table
+from ..planner import PlannerConfig
 
 RUN_KEYS = ("d_coef", "distill", "steps", "batch_size", "model_size", "seed", "teacher", "dataset",
             "eval_episodes", "eval_mpc", "episode_length")

@@ -13,12 +13,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .config import MODEL_SIZES, MT30
-from .quantize import SCHEMES
-from .training import DISTILL_KINDS
+from ..config import MODEL_SIZES, MT30
+from ..quantize import SCHEMES
+from ..training import DISTILL_KINDS
 
 PROFILES = ("smoke", "default", "paper")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 RELEASED_FP16 = SHARED / "checkpoints" / "mt30_1M_steps_045dist_fp16.pt"
 MT_MINI_DIR = REPO / "data" / "mt-mini"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoints import atomic_write_text
+from ..checkpoints import atomic_write_text
 from .params import MT_MINI_DIR, PROFILES, REPO, profile_name
 
 NOTEBOOKS = REPO / "notebooks"
