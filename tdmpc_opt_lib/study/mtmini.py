@@ -40,7 +40,6 @@ evaluation uses 256 samples x 4 iterations: 1.7 s per lock-step call for 12 epis
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -338,22 +337,3 @@ def _readme(summary: dict, teacher: dict | None, students: dict[str, dict]) -> s
               for c in summary["calls"]]
     lines.append("")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def _cmd(args: argparse.Namespace) -> None:
-    t0 = time.perf_counter()
-    summary = build(args.out, args.work, args.stage, jobs=args.jobs, progress=not args.no_progress)
-    print(f"mt-mini {args.stage}: {time.perf_counter() - t0:.0f} s in this call; "
-          f"{summary['bytes']['total'] / 2**20:.1f} MiB in {args.out}; see {Path(args.out) / 'README.md'}")
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add the ``mt-mini`` subcommand."""
-    p = sub.add_parser("mt-mini", help="regenerate the MT-mini dataset and teacher from scratch (resumable)")
-    p.add_argument("--stage", choices=STAGES, default="all")
-    p.add_argument("--out", default="data/mt-mini", help="published artifacts (committed)")
-    p.add_argument("--work", default="build/mt-mini", help="resumable work folder (not committed)")
-    p.add_argument("--jobs", type=int, default=1, help="tasks generated in parallel, one torch thread each")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd)
