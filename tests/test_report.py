@@ -40,9 +40,9 @@ def test_committed_notebooks_are_stripped(tmp_path):
 def test_every_notebook_has_a_validated_parameters_cell():
     import nbformat
 
-    from tdmpc_opt_lib.study.params import DEFAULTS
+    from tdmpc_opt_lib.study.params import NOTEBOOK_PROFILES
     for nb in notebooks():
         cells = nbformat.read(nb, as_version=4).cells
         params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(params) == 1 and nb.stem in DEFAULTS
+        assert len(params) == 1 and nb.stem in NOTEBOOK_PROFILES
         assert any(f'resolve("{nb.stem}"' in c.source for c in cells)

@@ -116,6 +116,14 @@ def headline(results: str | os.PathLike, reference: str | os.PathLike | None = M
     return pd.DataFrame(rows, columns=["model", "notebook", "normalized score", "tasks"]).set_index("model")
 
 
+def save_csv(df: pd.DataFrame, out_dir: str | os.PathLike, name: str, index: bool = True) -> Path:
+    """Write a notebook's result ``df`` to ``out_dir/name`` (the folder made if missing); returns the file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / name, index=index)
+    return out / name
+
+
 def index_page(pages: list[tuple[str, float | None]], results: Path, profile: str) -> str:
     """HTML index: links to the notebook pages (with the run time of their last build) and every
     ``*_summary.csv`` they wrote."""
