@@ -144,6 +144,8 @@ class Params:
     notebook: ClassVar[str]
     profile: str = "default"
     """The profile the values not given were taken from."""
+    out_dir: str = RESULTS
+    """Folder of the notebooks' saved results (distillation runs are cached in its runs/ folder)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first parameter that is not acceptable."""
@@ -181,8 +183,6 @@ class TeacherParams(Params):
     """MPPI iterations."""
     seed: int = 0
     """Environment seed of the first episode."""
-    out_dir: str = RESULTS
-    """Folder of the saved results."""
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,6 @@ class DataParams(Params):
     """Folder of the generated dataset with per-task scores and curves (None: not known)."""
     generate: bool = False
     """True: (re)generate the missing MT-mini tasks first (CPU-hours; resumable)."""
-    out_dir: str = RESULTS
-    """Folder of the saved results."""
 
 
 @dataclass(frozen=True)
@@ -231,8 +229,6 @@ class DistillParams(Params):
     """Torch threads (None: torch's default)."""
     summary: bool = True
     """Write 03_distill_summary.csv for the report index (04 turns it off for its runs)."""
-    out_dir: str = RESULTS
-    """Folder of the saved results; runs are cached in its runs/ folder."""
 
 
 @dataclass(frozen=True)
@@ -264,8 +260,6 @@ class AblationParams(Params):
     """Training seeds: one run per grid point and seed."""
     jobs: int = 2
     """Runs executed side by side, one torch thread each."""
-    out_dir: str = RESULTS
-    """Folder of the saved results; runs are cached in its runs/ folder."""
 
 
 @dataclass(frozen=True)
@@ -289,8 +283,6 @@ class QuantizationParams(Params):
     """MT30 tasks for the released student (None: all 30)."""
     latency_steps: int = 10
     """Timed calls per latency measurement."""
-    out_dir: str = RESULTS
-    """Folder of the saved results and quantized files."""
 
 
 @dataclass(frozen=True)
@@ -304,8 +296,6 @@ class TaskAnalysisParams(Params):
     """Environment steps at which frames are shown."""
     episode_length: int | None = None
     """Steps per rollout (None: 500)."""
-    out_dir: str = RESULTS
-    """Folder the other notebooks saved their results in."""
 
 
 _DISTILL = {"smoke": DistillParams(steps=20, batch_size=32, eval_episodes=1, episode_length=20, out_dir=SMOKE_OUT),
