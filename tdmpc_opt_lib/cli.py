@@ -135,6 +135,62 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_quantize)
 
 
+# ------------------------------------------------------------------------- report machinery (study/)
+def _add_mt_mini(sub: argparse._SubParsersAction) -> None:
+    from .study.mtmini import STAGES
+
+    p = sub.add_parser("mt-mini", help="regenerate the MT-mini dataset and teacher from scratch (resumable)")
+    p.add_argument("--stage", choices=STAGES, default="all")
+    p.add_argument("--out", default="data/mt-mini", help="published artifacts (committed)")
+    p.add_argument("--work", default="build/mt-mini", help="resumable work folder (not committed)")
+    p.add_argument("--jobs", type=int, default=1, help="tasks generated in parallel, one torch thread each")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_mt_mini)
+
+
+def _mt_mini(args: argparse.Namespace) -> None:
+    import time
+
+    from .study.mtmini import build
+
+    t0 = time.perf_counter()
+    summary = build(args.out, args.work, args.stage, jobs=args.jobs, progress=not args.no_progress)
+    print(f"mt-mini {args.stage}: {time.perf_counter() - t0:.0f} s in this call; "
+          f"{summary['bytes']['total'] / 2**20:.1f} MiB in {args.out}; see {Path(args.out) / 'README.md'}")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from .study.params import PROFILES, REPO
+
+    p = sub.add_parser("report", help="execute the notebooks with papermill and write the HTML report")
+    p.add_argument("--profile", choices=PROFILES, default=None, help="default: $TDMPC_OPT_PROFILE or 'default'")
+    p.add_argument("--only", default=None, help="comma list of notebook names (e.g. 01_teacher)")
+    p.add_argument("--out", default=str(REPO / "reports"))
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .study.report import build
+
+    build(args.profile, args.only.split(",") if args.only else None, args.out)
+
+
+def _add_strip_notebooks(sub: argparse._SubParsersAction) -> None:
+    from .study.params import REPO
+    from .study.report import CHECK_MARK, CHECKED_OUTPUTS
+
+    p = sub.add_parser("strip-notebooks", help="strip notebook outputs before committing")
+    p.add_argument("--record", action="store_true", help="also execute them at the smoke profile and record the "
+                   f"outputs of their '{CHECK_MARK}' cells in {CHECKED_OUTPUTS.relative_to(REPO)}")
+    p.set_defaults(func=_strip_notebooks)
+
+
+def _strip_notebooks(args: argparse.Namespace) -> None:
+    from .study.report import strip_notebooks
+
+    strip_notebooks(record=args.record)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tdmpc_opt_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -156,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(sub)
     _add_train(sub)
     _add_convert_data(sub)
-    from . import mtmini; mtmini.register_cli(sub)
-    from . import report; report.register_cli(sub)
+    _add_mt_mini(sub)
+    _add_report(sub)
+    _add_strip_notebooks(sub)
     return ap
 
 

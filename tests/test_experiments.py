@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
-from tdmpc_opt_lib import data, experiments
+from tdmpc_opt_lib import data
+from tdmpc_opt_lib.study import experiments
+from tdmpc_opt_lib.study.params import DistillParams
 from tdmpc_opt_lib.checkpoints import save_checkpoint
 from tdmpc_opt_lib.config import model_config
 from tdmpc_opt_lib.world_model import WorldModel
@@ -20,19 +23,21 @@ def params(tmp_path):
     ds = data.make_synthetic(tmp_path / "ds", transitions=400, tasks=TASKS, episode_length=20)
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(WorldModel(model_config(None, TASKS, enc_dim=16, mlp_dim=16, latent_dim=16, task_dim=4)), teacher)
-    return dict(d_coef=0.4, distill="reward", steps=6, batch_size=8, model_size=1, seed=1, teacher=str(teacher),
-                dataset=str(ds), eval_episodes=1, eval_mpc=False, episode_length=5, out_dir=str(tmp_path / "out"))
+    P = DistillParams(d_coef=0.4, distill="reward", steps=6, batch_size=8, model_size=1, seed=1, teacher=str(teacher),
+                      dataset=str(ds), eval_episodes=1, eval_mpc=False, episode_length=5, out_dir=str(tmp_path / "out"))
+    P.validate()
+    return P
 
 
 def test_run_names_follow_content_not_paths(params, tmp_path):
     name = experiments.run_name(params)
     assert name.startswith("reward-d0.4-size1-bs8-6steps-seed1-")
-    moved = shutil.copy(params["teacher"], tmp_path / "elsewhere.pt")
-    assert experiments.run_name({**params, "teacher": moved}) == name          # same file content
-    assert experiments.run_name({**params, "d_coef": 0.9}) != name
-    scratch = {**params, "d_coef": 0.0}
+    moved = shutil.copy(params.teacher, tmp_path / "elsewhere.pt")
+    assert experiments.run_name(replace(params, teacher=moved)) == name          # same file content
+    assert experiments.run_name(replace(params, d_coef=0.9)) != name
+    scratch = replace(params, d_coef=0.0)
     assert experiments.run_name(scratch).startswith("scratch-d0-")
-    assert experiments.run_name({**scratch, "teacher": None}) == experiments.run_name(scratch)  # teacher unused
+    assert experiments.run_name(replace(scratch, teacher=None)) == experiments.run_name(scratch)  # teacher unused
 
 
 def test_grid_varies_one_axis_at_a_time_without_duplicates():
@@ -71,10 +76,10 @@ def test_run_is_trained_once_then_read_back(params):
     assert set(result["tasks"]) == set(TASKS) and 0 <= result["score"] <= 100 and len(episodes) == 2
     again, episodes2 = experiments.evaluate_or_load(None, params)            # cached: no model needed
     assert again == result and episodes2.score.tolist() == episodes.score.tolist()
-    runs = experiments.collect(params["out_dir"])
+    runs = experiments.collect(params.out_dir)
     assert list(runs.run) == [experiments.run_name(params)] and "task:cup-catch" in runs
-    assert experiments.pick_student(params["out_dir"]) == experiments.run_dir(params) / "model.pt"
-    assert experiments.pick_student(params["out_dir"], d_coef=0.0) is None
+    assert experiments.pick_student(params.out_dir) == experiments.run_dir(params) / "model.pt"
+    assert experiments.pick_student(params.out_dir, d_coef=0.0) is None
     assert json.loads((experiments.run_dir(params) / "result.json").read_text())["teacher"] is not None
 
 
@@ -87,3 +92,18 @@ def test_child_processes_stderr_goes_to_the_log(tmp_path):
     assert log.read_text() == "kernel warning\n"
     subprocess.run([sys.executable, "-c", "import os; os.write(2, b'after')"], check=True)
     assert log.read_text() == "kernel warning\n"                               # fd 2 is restored
+
+
+def test_labels_and_distilled_minus_scratch(params):
+    import pandas as pd
+    assert experiments.label(params) == "student d_coef 0.4 (reward, 6 steps)"
+    assert experiments.label(replace(params, d_coef=0.0)) == "student from scratch (6 steps)"
+    configs = pd.DataFrame([
+        dict(d_coef=0.0, distill="reward", steps=100, batch_size=8, **{"task:x": 10.0, "task:y": 30.0}),
+        dict(d_coef=0.4, distill="reward", steps=100, batch_size=8, **{"task:x": 15.0, "task:y": float("nan")}),
+        dict(d_coef=0.4, distill="reward", steps=200, batch_size=8, **{"task:x": 50.0, "task:y": 50.0}),  # no pair
+    ])
+    delta = experiments.distilled_minus_scratch(configs)
+    assert delta.to_dict("records") == [{"run": "reward d_coef 0.4 (100 steps, bs 8)", "task": "x",
+                                         "distilled - scratch": 5.0}]
+    assert experiments.distilled_minus_scratch(configs.iloc[:0]).empty

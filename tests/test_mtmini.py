@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from tdmpc_opt_lib import data, mtmini, online, training
+from tdmpc_opt_lib import data, online, training
+from tdmpc_opt_lib.study import mtmini
 from tdmpc_opt_lib.checkpoints import load_checkpoint
-from tdmpc_opt_lib.cli import build_parser
+from tdmpc_opt_lib import cli
 
 TASKS = ("cartpole-swingup", "reacher-easy")
 TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16)
@@ -108,6 +109,6 @@ def test_teacher_stage_needs_every_task(tmp_path):
 
 
 def test_cli_parses():
-    args = build_parser().parse_args(["mt-mini", "--stage", "data", "--jobs", "2"])
+    args = cli.build_parser().parse_args(["mt-mini", "--stage", "data", "--jobs", "2"])
     assert (args.stage, args.out, args.work, args.jobs, args.func) == ("data", "data/mt-mini", "build/mt-mini", 2,
-                                                                       mtmini._cmd)
+                                                                       cli._mt_mini)

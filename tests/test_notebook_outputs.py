@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from tdmpc_opt_lib.report import CHECKED_OUTPUTS, _checked, checked_outputs, execute_smoke, notebooks
+from tdmpc_opt_lib.study.report import CHECKED_OUTPUTS, _checked, checked_outputs, execute_smoke, notebooks
 
 RECORDED = json.loads(CHECKED_OUTPUTS.read_text())
 CHECKED = [nb for nb in notebooks() if any(_checked(c) for c in nbformat.read(nb, as_version=4).cells)]

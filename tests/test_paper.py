@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tdmpc_opt_lib import paper
+from tdmpc_opt_lib.study import paper
 
 
 def test_paper_numbers_match_the_spec(shared_dir):

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from tdmpc_opt_lib.params import resolve
+from tdmpc_opt_lib.study.params import resolve
 
 
 def test_profile_defaults_and_overrides(monkeypatch):
     monkeypatch.delenv("TDMPC_OPT_PROFILE", raising=False)
     p = resolve("01_teacher")
-    assert p["profile"] == "default" and p["episodes"] == 2 and p["episode_length"] is None
-    assert resolve("01_teacher", profile="smoke")["episode_length"] == 20
+    assert p.profile == "default" and p.episodes == 2 and p.episode_length is None
+    assert resolve("01_teacher", profile="smoke").episode_length == 20
     monkeypatch.setenv("TDMPC_OPT_PROFILE", "paper")
-    assert resolve("01_teacher")["episodes"] == 10
-    assert resolve("01_teacher", episodes=3)["episodes"] == 3
+    assert resolve("01_teacher").episodes == 10
+    assert resolve("01_teacher", episodes=3).episodes == 3
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -55,13 +55,16 @@ def test_invalid_notebook_parameters_are_named(notebook, name, value, message):
 
 
 def test_distillation_without_a_teacher_is_refused(tmp_path, monkeypatch):
-    import tdmpc_opt_lib.params as params
+    from dataclasses import replace
+
+    import tdmpc_opt_lib.study.params as params
     from tdmpc_opt_lib import data
     ds = data.make_synthetic(tmp_path / "ds", transitions=100, tasks=["cartpole-balance"], episode_length=20)
-    monkeypatch.setattr(params, "MT_MINI_TEACHER", tmp_path / "missing.pt")
+    profiles = params.NOTEBOOK_PROFILES["03_distill"]
+    monkeypatch.setitem(profiles, "smoke", replace(profiles["smoke"], teacher=params.Found(tmp_path / "missing.pt")))
     with pytest.raises(ValueError, match="d_coef 0.4 > 0 needs a teacher"):
         resolve("03_distill", profile="smoke", dataset=str(ds))
-    assert resolve("03_distill", profile="smoke", dataset=str(ds), d_coef=0.0)["teacher"] is None
+    assert resolve("03_distill", profile="smoke", dataset=str(ds), d_coef=0.0).teacher is None
 
 
 def test_paper_profile_names_the_files_it_needs():
@@ -72,9 +75,95 @@ def test_paper_profile_names_the_files_it_needs():
 
 
 def test_paths_are_shown_relative_to_the_repository():
-    from tdmpc_opt_lib import params
+    from tdmpc_opt_lib.study import params
     assert params.rel(params.REPO / "reports" / "results" / "x.csv") == "reports/results/x.csv"
     assert params.rel(params.RELEASED_FP16) == "../shared/checkpoints/mt30_1M_steps_045dist_fp16.pt"
     assert params.rel("/somewhere/else.pt") == "/somewhere/else.pt"
     shown = params.table({"teacher": str(params.MT_MINI_TEACHER), "tasks": "cup-catch", "steps": 10, "x": None})
     assert shown["value"].tolist() == ["data/mt-mini/teacher.pt", "cup-catch", 10, None]
+
+
+def test_every_notebook_and_profile_has_its_dataclass():
+    from tdmpc_opt_lib.study import params
+    for notebook, profiles in params.NOTEBOOK_PROFILES.items():
+        assert set(profiles) == set(params.PROFILES)
+        kinds = {type(p) for p in profiles.values()}
+        assert len(kinds) == 1 and kinds.pop().notebook == notebook
+        assert profiles["default"] == type(profiles["default"])()        # the default profile: the class defaults
+
+
+def test_every_parameter_has_a_docstring_and_a_check():
+    import ast
+    import inspect
+
+    from tdmpc_opt_lib.study import params
+    classes = {type(p) for profiles in params.NOTEBOOK_PROFILES.values() for p in profiles.values()}
+    for cls in (params.Params, *classes):
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign) and "ClassVar" not in ast.unparse(node.annotation):
+                doc = body[i + 1] if i + 1 < len(body) else None
+                assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant), \
+                    f"{cls.__name__}.{node.target.id} has no docstring"
+                assert node.target.id in params.CHECKS
+
+
+def test_resolving_writes_nothing(monkeypatch):
+    import os
+    from pathlib import Path
+
+    from tdmpc_opt_lib.study import mtmini, params
+
+    def refuse(*a, **k):
+        raise AssertionError("resolve wrote something")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    monkeypatch.setattr(Path, "write_text", refuse)
+    monkeypatch.setattr(os, "makedirs", refuse)
+    monkeypatch.setattr(mtmini, "merged_dataset", refuse)
+    env = dict(os.environ)
+    for notebook in params.NOTEBOOK_PROFILES:
+        for profile in params.PROFILES:
+            try:
+                P = resolve(notebook, profile)
+            except ValueError:            # the paper profile's files are not part of the repository
+                assert profile == "paper"
+                continue
+            assert P.profile == profile and resolve(notebook, profile) == P     # same answer every time
+    assert dict(os.environ) == env
+
+
+def test_found_profile_values_are_looked_up_when_resolving(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from tdmpc_opt_lib.study import params
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    found = params.Found(first, second)
+    assert found.first() is None
+    second.write_bytes(b"x")
+    assert found.first() == str(second)
+    first.write_bytes(b"x")
+    assert found.first() == str(first)
+    profiles = params.NOTEBOOK_PROFILES["01_teacher"]
+    monkeypatch.setitem(profiles, "smoke", replace(profiles["smoke"], teacher=found))
+    assert resolve("01_teacher", profile="smoke").teacher == str(first)
+    assert resolve("01_teacher", profile="smoke", teacher=str(second)).teacher == str(second)
+    with pytest.raises(ValueError, match="'teacher' must be None or an existing checkpoint file, got Found"):
+        profiles["smoke"].validate()                                            # a profile itself is unresolved
+
+
+def test_ablation_base_point_follows_the_distill_profile():
+    from tdmpc_opt_lib.study import params
+    for profile in ("smoke", "default"):
+        a, d = resolve("04_ablations", profile), resolve("03_distill", profile)
+        assert (a.steps, a.batch_size) == (d.steps, d.batch_size)
+
+
+def test_the_mt_mini_dataset_is_merged_only_when_prepared(monkeypatch):
+    from tdmpc_opt_lib.study import mtmini, params
+    calls = []
+    monkeypatch.setattr(mtmini, "merged_dataset", lambda *a: calls.append(a))
+    P = resolve("03_distill", profile="smoke")
+    assert P.dataset == params.MT_MINI_DATASET and calls == []
+    assert params.prepare_dataset(P.dataset) == P.dataset and len(calls) == 1
+    assert params.prepare_dataset(__file__) == __file__ and len(calls) == 1    # any other dataset is left alone

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tdmpc_opt_lib import plots
+from tdmpc_opt_lib.study import plots
 
 
 def test_ablation_draws_the_seeds_standard_error_as_error_bars():

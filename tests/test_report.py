@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdmpc_opt_lib.report import build, notebooks
+from tdmpc_opt_lib.study.report import build, notebooks
 
 
 def test_notebooks_are_ordered_and_selectable():
@@ -31,7 +31,7 @@ def test_committed_notebooks_are_stripped(tmp_path):
     """Outputs are not committed (the report carries them); the checked cells' outputs live in tests/."""
     import shutil
 
-    from tdmpc_opt_lib.report import strip
+    from tdmpc_opt_lib.study.report import strip
     for nb in notebooks():
         copy = shutil.copy(nb, tmp_path / nb.name)
         assert not strip(copy), f"{nb.name} has outputs: run `python -m tdmpc_opt_lib strip-notebooks`"
@@ -40,9 +40,9 @@ def test_committed_notebooks_are_stripped(tmp_path):
 def test_every_notebook_has_a_validated_parameters_cell():
     import nbformat
 
-    from tdmpc_opt_lib.params import DEFAULTS
+    from tdmpc_opt_lib.study.params import NOTEBOOK_PROFILES
     for nb in notebooks():
         cells = nbformat.read(nb, as_version=4).cells
         params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(params) == 1 and nb.stem in DEFAULTS
+        assert len(params) == 1 and nb.stem in NOTEBOOK_PROFILES
         assert any(f'resolve("{nb.stem}"' in c.source for c in cells)

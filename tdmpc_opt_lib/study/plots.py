@@ -65,6 +65,12 @@ def ablation(ours: pd.DataFrame, paper: pd.DataFrame, x: str, title: str) -> go.
     return fig
 
 
+def task_differences(delta: pd.DataFrame) -> go.Figure:
+    """Grouped bars of :func:`~.experiments.distilled_minus_scratch`: per task, distilled minus from-scratch score."""
+    return px.bar(delta, x="task", y="distilled - scratch", color="run", barmode="group",
+                  title="Task score difference: distilled minus from scratch")
+
+
 def heatmap(table: pd.DataFrame, title: str) -> go.Figure:
     """Task × model heatmap of scores with the values written in the cells."""
     fig = px.imshow(table.values, x=list(table.columns), y=list(table.index), zmin=0, zmax=100,

@@ -21,34 +21,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import training
-from .checkpoints import atomic_write_text, content_digest
-from .evaluation import evaluate, normalized_score, task_table
-from .planner import PlannerConfig
+from .. import training
+from ..checkpoints import atomic_write_text, content_digest
+from ..evaluation import evaluate, normalized_score, task_table
+from ..planner import PlannerConfig
+from .params import DistillParams, resolve
 
 RUN_KEYS = ("d_coef", "distill", "steps", "batch_size", "model_size", "seed", "teacher", "dataset",
             "eval_episodes", "eval_mpc", "episode_length")
 EVAL_SEED = 0  # every model is evaluated on the same environment seeds
 
 
-def run_key(P: dict[str, Any]) -> dict[str, Any]:
+def run_key(P: DistillParams) -> dict[str, Any]:
     """The parameters that define a run, with teacher/dataset replaced by content hashes."""
-    key = {k: P[k] for k in RUN_KEYS}
-    key["teacher"] = content_digest(P["teacher"]) if P["d_coef"] > 0 else None
-    key["dataset"] = content_digest(P["dataset"])
+    key = {k: getattr(P, k) for k in RUN_KEYS}
+    key["teacher"] = content_digest(P.teacher) if P.d_coef > 0 else None
+    key["dataset"] = content_digest(P.dataset)
     return key
 
 
-def run_name(P: dict[str, Any]) -> str:
+def run_name(P: DistillParams) -> str:
     """Readable, unique folder name, e.g. ``reward-d0.4-size1-bs256-2000steps-seed1-3f2a9c1e``."""
     key = run_key(P)
     h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    kind = P["distill"] if P["d_coef"] > 0 else "scratch"
-    return f"{kind}-d{P['d_coef']:g}-size{P['model_size']}-bs{P['batch_size']}-{P['steps']}steps-seed{P['seed']}-{h}"
+    kind = P.distill if P.d_coef > 0 else "scratch"
+    return f"{kind}-d{P.d_coef:g}-size{P.model_size}-bs{P.batch_size}-{P.steps}steps-seed{P.seed}-{h}"
 
 
-def run_dir(P: dict[str, Any]) -> Path:
-    return Path(P["out_dir"]) / "runs" / run_name(P)
+def run_dir(P: DistillParams) -> Path:
+    return Path(P.out_dir) / "runs" / run_name(P)
 
 
 def load_result(path: str | os.PathLike) -> dict | None:
@@ -57,28 +58,28 @@ def load_result(path: str | os.PathLike) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def train_config(P: dict[str, Any]) -> training.TrainConfig:
+def train_config(P: DistillParams) -> training.TrainConfig:
     """The offline training run for resolved ``03_distill`` parameters."""
-    log_every = max(1, min(100, P["steps"] // 20))
+    log_every = max(1, min(100, P.steps // 20))
     return training.TrainConfig(
-        data=str(P["dataset"]), out=str(run_dir(P)), steps=P["steps"], batch_size=P["batch_size"], seed=P["seed"],
-        model_size=P["model_size"], d_coef=P["d_coef"], distill=P["distill"],
-        teacher=str(P["teacher"]) if P["d_coef"] > 0 else None, log_every=log_every,
+        data=str(P.dataset), out=str(run_dir(P)), steps=P.steps, batch_size=P.batch_size, seed=P.seed,
+        model_size=P.model_size, d_coef=P.d_coef, distill=P.distill,
+        teacher=str(P.teacher) if P.d_coef > 0 else None, log_every=log_every,
         checkpoint_every=log_every * max(1, 1000 // log_every))
 
 
-def evaluate_run(model, P: dict[str, Any]) -> pd.DataFrame:
+def evaluate_run(model, P: DistillParams) -> pd.DataFrame:
     """Per-episode scores with the run's evaluation protocol (policy prior or MPPI, seed :data:`EVAL_SEED`)."""
-    return evaluate(model, None, P["eval_episodes"], EVAL_SEED, mpc=P["eval_mpc"], planner_cfg=PlannerConfig(),
-                    episode_length=P["episode_length"], progress=False)
+    return evaluate(model, None, P.eval_episodes, EVAL_SEED, mpc=P.eval_mpc, planner_cfg=PlannerConfig(),
+                    episode_length=P.episode_length, progress=False)
 
 
-def finish_run(model, P: dict[str, Any], episodes: pd.DataFrame) -> dict:
+def finish_run(model, P: DistillParams, episodes: pd.DataFrame) -> dict:
     """Write ``episodes.csv`` and the one-row ``result.json`` (last: it marks the run complete)."""
     d = run_dir(P)
     episodes.to_csv(d / "episodes.csv", index=False)
     metrics = training.read_metrics(d)
-    result = {"run": d.name, **run_key(P), "teacher_path": str(P["teacher"]) if P["d_coef"] > 0 else None,
+    result = {"run": d.name, **run_key(P), "teacher_path": str(P.teacher) if P.d_coef > 0 else None,
               "score": round(normalized_score(episodes), 3),
               "tasks": {t: round(v, 3) for t, v in task_table(episodes)["score"].items()},
               "params": model.param_counts()["total (without target Qs)"], "train_s": round(float(metrics.wall_s.iloc[-1]), 1),
@@ -89,7 +90,7 @@ def finish_run(model, P: dict[str, Any], episodes: pd.DataFrame) -> dict:
     return result
 
 
-def evaluate_or_load(model, P: dict[str, Any]) -> tuple[dict, pd.DataFrame]:
+def evaluate_or_load(model, P: DistillParams) -> tuple[dict, pd.DataFrame]:
     """The run's (result, per-episode scores): read back if the run is finished, else evaluated and recorded."""
     d = run_dir(P)
     result = load_result(d)
@@ -97,6 +98,13 @@ def evaluate_or_load(model, P: dict[str, Any]) -> tuple[dict, pd.DataFrame]:
         return result, pd.read_csv(d / "episodes.csv")
     episodes = evaluate_run(model, P)
     return finish_run(model, P, episodes), episodes
+
+
+def label(P: DistillParams) -> str:
+    """The student as the report index names it, e.g. ``student d_coef 0.4 (reward, 1000 steps)``."""
+    if P.d_coef:
+        return f"student d_coef {P.d_coef:g} ({P.distill}, {P.steps} steps)"
+    return f"student from scratch ({P.steps} steps)"
 
 
 def pick_student(out_dir: str | os.PathLike, d_coef: float = 0.4, distill: str = "reward") -> Path | None:
@@ -141,6 +149,22 @@ def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def distilled_minus_scratch(configs: pd.DataFrame) -> pd.DataFrame:
+    """Per task, each distilled configuration's score minus the from-scratch one's with the same steps and batch
+    size (rows of :func:`over_seeds`); columns ``run`` (a label), ``task``, ``distilled - scratch``."""
+    rows = []
+    tasks = [c for c in configs.columns if c.startswith("task:")]
+    if not configs.empty:
+        for (steps, bs), g in configs.groupby(["steps", "batch_size"]):
+            scratch = g[g.d_coef == 0]
+            if scratch.empty:
+                continue
+            for _, r in g[g.d_coef > 0].iterrows():
+                rows += [{"run": f"{r.distill} d_coef {r.d_coef:g} ({steps} steps, bs {bs})", "task": c[5:],
+                          "distilled - scratch": r[c] - scratch.iloc[0][c]} for c in tasks if pd.notna(r[c])]
+    return pd.DataFrame(rows, columns=["run", "task", "distilled - scratch"])
+
+
 def grid(base: dict[str, Any], **axes: list) -> list[dict[str, Any]]:
     """Points of a one-axis-at-a-time sweep around ``base``: for each axis, each value with the rest fixed
     (as the paper's tables vary one thing at a time); duplicates removed, order kept."""
@@ -170,22 +194,16 @@ def _child_stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile: str, jobs: int = 1,
-             resolve_params=None) -> pd.DataFrame:
-    """Execute ``notebook`` (03_distill) with papermill for every point whose run is not finished yet,
-    ``jobs`` at a time (each in its own kernel with one torch thread); returns the points' results.
-
-    ``resolve_params(point)`` must return the notebook's resolved parameters (to find the run folder).
-    """
+def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile: str, jobs: int = 1) -> pd.DataFrame:
+    """Execute ``notebook`` (03_distill) with papermill for every point (03_distill parameters beside the
+    ``profile``'s) whose run is not finished yet, ``jobs`` at a time (each in its own kernel with one torch
+    thread); returns the points' results."""
     import papermill as pm
 
-    todo = []
-    for p in points:
-        P = resolve_params(p)
-        if load_result(run_dir(P)) is None:
-            todo.append((p, P))
+    resolved = [(p, resolve("03_distill", profile, **p)) for p in points]
+    todo = [(p, P) for p, P in resolved if load_result(run_dir(P)) is None]
 
-    def execute(item: tuple[dict, dict]) -> None:
+    def execute(item: tuple[dict, DistillParams]) -> None:
         p, P = item
         d = run_dir(P)
         d.mkdir(parents=True, exist_ok=True)
@@ -198,11 +216,10 @@ def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile:
         with _child_stderr_to(run_dir(todo[0][1]).parent / "kernels.log"), ThreadPoolExecutor(max(1, jobs)) as pool:
             list(pool.map(execute, todo))
     ran, rows = {run_dir(P).name for _, P in todo}, []
-    for p in points:
-        P = resolve_params(p)
+    for _, P in resolved:
         r = load_result(run_dir(P))
-        rows.append({**{k: P[k] for k in ("d_coef", "distill", "steps", "batch_size", "model_size", "seed")},
-                     "teacher": Path(P["teacher"]).name if P["d_coef"] > 0 else "-", "run": run_dir(P).name,
+        rows.append({**{k: getattr(P, k) for k in ("d_coef", "distill", "steps", "batch_size", "model_size", "seed")},
+                     "teacher": Path(P.teacher).name if P.d_coef > 0 else "-", "run": run_dir(P).name,
                      "cached": run_dir(P).name not in ran, "score": r["score"],
                      **{f"task:{t}": s for t, s in r["tasks"].items()}, "train_s": r["train_s"]})
     return pd.DataFrame(rows)

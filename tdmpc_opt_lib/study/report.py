@@ -5,7 +5,6 @@ write ``reports/index.html`` linking them with the headline results they saved.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoints import atomic_write_text
-from .params import MT_MINI_DIR, PROFILES, REPO, profile_name
+from ..checkpoints import atomic_write_text
+from .params import MT_MINI_DIR, REPO, profile_name
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -117,6 +116,14 @@ def headline(results: str | os.PathLike, reference: str | os.PathLike | None = M
     return pd.DataFrame(rows, columns=["model", "notebook", "normalized score", "tasks"]).set_index("model")
 
 
+def save_csv(df: pd.DataFrame, out_dir: str | os.PathLike, name: str, index: bool = True) -> Path:
+    """Write a notebook's result ``df`` to ``out_dir/name`` (the folder made if missing); returns the file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / name, index=index)
+    return out / name
+
+
 def index_page(pages: list[tuple[str, float | None]], results: Path, profile: str) -> str:
     """HTML index: links to the notebook pages (with the run time of their last build) and every
     ``*_summary.csv`` they wrote."""
@@ -211,29 +218,19 @@ def execute_smoke(nb: Path, dest: Path) -> Path:
     return dest
 
 
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="execute the notebooks with papermill and write the HTML report")
-    p.add_argument("--profile", choices=PROFILES, default=None, help="default: $TDMPC_OPT_PROFILE or 'default'")
-    p.add_argument("--only", default=None, help="comma list of notebook names (e.g. 01_teacher)")
-    p.add_argument("--out", default=str(REPO / "reports"))
-    p.set_defaults(func=lambda a: build(a.profile, a.only.split(",") if a.only else None, a.out))
-    s = sub.add_parser("strip-notebooks", help="strip notebook outputs before committing")
-    s.add_argument("--record", action="store_true", help="also execute them at the smoke profile and record the "
-                   f"outputs of their '{CHECK_MARK}' cells in {CHECKED_OUTPUTS.relative_to(REPO)}")
-    s.set_defaults(func=_strip_cmd)
-
-
-def _strip_cmd(args: argparse.Namespace) -> None:
+def strip_notebooks(record: bool = False) -> None:
+    """Strip every notebook's outputs; with ``record``, also execute them at the smoke profile and write the
+    outputs of their ``# CHECK_OUTPUT`` cells to :data:`CHECKED_OUTPUTS`."""
     import tempfile
 
     recorded = {}
     with tempfile.TemporaryDirectory() as tmp:
         for nb in notebooks():
             print(f"{nb.name}: {'stripped' if strip(nb) else 'unchanged'}")
-            if args.record:
+            if record:
                 outputs = checked_outputs(execute_smoke(nb, Path(tmp) / nb.name))
                 if outputs:
                     recorded[nb.stem] = outputs
-    if args.record:
+    if record:
         CHECKED_OUTPUTS.write_text(json.dumps(recorded, indent=1) + "\n", encoding="utf-8")
         print(f"recorded {sum(map(len, recorded.values()))} checked outputs in {CHECKED_OUTPUTS}")
