@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from ab_compare import alternate, batch_for
 from tdmpc_opt_lib import fast, training
 from tdmpc_opt_lib.checkpoints import load_checkpoint
 from tdmpc_opt_lib.config import model_config
@@ -30,12 +30,6 @@ from tdmpc_opt_lib.planner import Planner, PlannerConfig
 from tdmpc_opt_lib.world_model import WorldModel
 
 CKPT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "mt30_1M_steps_045dist_fp16.pt"
-
-
-def batch_for(cfg, B: int) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return dict(obs=torch.randn(4, B, cfg.obs_dim, generator=g), action=torch.rand(3, B, cfg.action_dim, generator=g) * 2 - 1,
-                reward=torch.rand(3, B, 1, generator=g), task=torch.randint(0, cfg.num_tasks, (B,), generator=g))
 
 
 class NoCKernels:
@@ -47,17 +41,6 @@ class NoCKernels:
 
     def __exit__(self, *exc):
         kernels._lib = self.lib
-
-
-def turns(fns: dict, rounds: int, block: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(block):
-                fn()
-            out[k].append((time.perf_counter() - t) / block)
-    return out
 
 
 def report(title: str, times: dict[str, list[float]], ref: str) -> None:
@@ -94,10 +77,9 @@ def main() -> None:
     with fast.cpu_runtime():
         for k, fn in calls.items():
             t = time.perf_counter()
-            for _ in range(3):
-                fn()
-            print(f"warm-up {k}: {time.perf_counter() - t:.0f} s", flush=True)
-        report("training update, size 1, batch %d" % args.batch_size, turns(calls, args.rounds, args.block), "plain")
+            fn()
+            print(f"first call {k}: {time.perf_counter() - t:.0f} s", flush=True)
+        report("training update, size 1, batch %d" % args.batch_size, alternate(calls, args.rounds, args.block), "plain")
 
     if args.skip_planner:
         return
@@ -107,9 +89,7 @@ def main() -> None:
                 "fast+compile": Planner(fast.accelerate(model), PlannerConfig(), seed=0, compile=True)}
     pcalls = {k: (lambda p=p: p.plan(obs, task)) for k, p in planners.items()}
     with fast.cpu_runtime():
-        for fn in pcalls.values():
-            fn(), fn(), fn()
-        report("planning call, 1 environment", turns(pcalls, args.rounds, 2), "plain+compile")
+        report("planning call, 1 environment", alternate(pcalls, args.rounds, 2), "plain+compile")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tdmpc_opt_lib.checkpoints import load_checkpoint
 from tdmpc_opt_lib.cli import main
 from tdmpc_opt_lib.config import model_config
 from tdmpc_opt_lib.evaluation import evaluate, normalized_score, resolve_tasks, task_table

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tdmpc_opt_lib import fast
 from tdmpc_opt_lib import quantize as Q
 from tdmpc_opt_lib.checkpoints import CheckpointError, dequantize, load_checkpoint, read_file, save_checkpoint, to_public
 from tdmpc_opt_lib.cli import main
@@ -170,17 +171,21 @@ def test_round_trip(small_model, scheme, tmp_path):
 def test_int8_dynamic_runs_int8_matmuls(small_model, monkeypatch, tmp_path):
     Q.save_quantized(small_model, "int8-dynamic", tmp_path / "d.pt")
     model = load_checkpoint(tmp_path / "d.pt")
-    assert [n for n in Q.matmul_layers(small_model) if isinstance(model.get_submodule(n), torch.nn.Linear)] == \
-        Q.observation_layers(small_model)
+    assert [n for n in Q.matmul_layers(small_model) if not isinstance(model.get_submodule(n), tuple(Q.INT8.values()))] \
+        == Q.observation_layers(small_model)
     calls = []
     real = torch._int_mm
     monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.dtype) or real(a, b))
     Q.predictions(model, *Q.calibration_inputs(model))
     # encoder 1 (its observation layer is fp16) + reward 3 + next 3 + pi 3 + Q 3 layers x 2 heads
     assert len(calls) == 16 and set(calls) == {torch.int8}
-    planner = Planner(model, PlannerConfig(num_samples=32, num_elites=4, num_pi_trajs=4, iterations=2), seed=0)
-    action = planner.plan(torch.zeros(2, model.cfg.obs_dim), torch.tensor([0, 1]), t0=True)
-    assert action.shape == (2, model.cfg.action_dim) and torch.isfinite(action).all()
+    # the planner computes through the model's methods: with int8 matmuls, also on the accelerated model
+    for m in (model, fast.accelerate(model)):
+        calls.clear()
+        planner = Planner(m, PlannerConfig(num_samples=32, num_elites=4, num_pi_trajs=4, iterations=2), seed=0)
+        action = planner.plan(torch.zeros(2, m.cfg.obs_dim), torch.tensor([0, 1]), t0=True)
+        assert action.shape == (2, m.cfg.action_dim) and torch.isfinite(action).all()
+        assert len(calls) > 16 and set(calls) == {torch.int8}
 
 
 def test_safetensors_export(small_model, tmp_path):
