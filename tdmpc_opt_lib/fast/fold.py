@@ -138,6 +138,14 @@ def folded_first_layer(layer: nn.Linear | EnsembleLinear, x: torch.Tensor, task:
     return torch.addmm(y, extra, w_a.t()) if extra is not None else y
 
 
+def _env_terms(emb: torch.Tensor, w_e: torch.Tensor) -> torch.Tensor:
+    """``emb @ w_e`` (a few rows); inside a compiled function as a multiply-sum that the compiler fuses into
+    its neighbours instead of a matmul call per layer (the compiled planning call: ×1.03)."""
+    if torch.compiler.is_compiling():
+        return (emb.unsqueeze(-1) * w_e.unsqueeze(-3)).sum(-2)
+    return emb @ w_e
+
+
 def broadcast_first_layer(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, emb: torch.Tensor,
                           extra: torch.Tensor | None = None) -> torch.Tensor:
     """``[x, emb, extra]·Wᵀ + b`` for ``emb`` broadcast over the rows of ``x`` (no gradients).
@@ -151,12 +159,12 @@ def broadcast_first_layer(weight: torch.Tensor, bias: torch.Tensor, x: torch.Ten
     if weight.dim() == 3:
         n, out = weight.shape[:2]
         N, S = x.shape[:2]
-        c = (emb.reshape(1, N, E) @ w_e).unsqueeze(2) + bias[:, None, None, :]       # [n, N, 1, out]
+        c = _env_terms(emb.reshape(1, N, E), w_e).unsqueeze(2) + bias[:, None, None, :]  # [n, N, 1, out]
         xa = x if extra is None else torch.cat([x, extra], -1)
         w = w_x if extra is None else torch.cat([w_x, w_a], -2)
         y = torch.matmul(xa.reshape(1, N * S, -1), w).view(n, N, S, out) + c
         return y.view(n, N * S, out)
-    c = emb @ w_e + bias                                                             # [N, 1, out]
+    c = _env_terms(emb, w_e) + bias                                                  # [N, 1, out]
     if extra is None:
         return x @ w_x + c
     if x.dim() == 3 and x.shape[1] > 1 and x.stride(1) == 0:       # one latent per environment

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import math
 from ..world_model import TaskLike, WorldModel, frozen, two_random_heads
 from .fold import broadcast_first_layer, folded_first_layer
-from .fused import FusedEnsembleLinear, FusedNormedLinear, fused_dropout_ln_act
+from .fused import FusedEnsembleLinear, FusedNormedLinear
 
 
 def _fused(layer: nn.Module) -> bool:
@@ -57,8 +57,9 @@ class FastWorldModel(WorldModel):
             return
         w = self._task_emb.weight
 
-        def state() -> tuple:       # the tensors themselves are kept (compared by identity), so ids are not reused
-            return w, w._version, w.data_ptr(), task, task._version
+        def state() -> tuple:
+            # the task tensor by its memory (a view of it, e.g. one task per environment, matches), pinned below
+            return w, w._version, w.data_ptr(), task.data_ptr(), task.numel(), task.dtype, task._version
 
         done = self.__dict__.get("_renormed")
         if done is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(state(), done)):
@@ -67,6 +68,7 @@ class FastWorldModel(WorldModel):
                 used = torch.bincount(task.reshape(-1), minlength=w.shape[0]) > 0
                 w.mul_(torch.where(used & (norm > 1), 1 / (norm + 1e-7), 1.0).unsqueeze(1))
             self.__dict__["_renormed"] = state()
+            self.__dict__["_renormed_task"] = task     # kept alive: its memory cannot hold other tasks meanwhile
 
     # --------------------------------------------------------------- folding
     def _foldable(self, layer: nn.Module, x: torch.Tensor) -> bool:
@@ -124,10 +126,7 @@ class FastWorldModel(WorldModel):
         M = dyn[0].out_features
         y = broadcast_first_layer(torch.cat([dyn[0].weight, rew[0].weight]), torch.cat([dyn[0].bias, rew[0].bias]),
                                   z, self.task_vectors(task), a)
-        ln_w = torch.stack([dyn[0].ln.weight, rew[0].ln.weight])
-        ln_b = torch.stack([dyn[0].ln.bias, rew[0].ln.bias])
-        h = fused_dropout_ln_act(y.view(*y.shape[:-1], 2, M), ln_w, ln_b, 0.0, False)
-        return dyn[1:](h[..., 0, :]), rew[1:](h[..., 1, :])
+        return dyn[1:](dyn[0].tail(y[..., :M].contiguous())), rew[1:](rew[0].tail(y[..., M:].contiguous()))
 
     def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None, detach: bool = False,
            eps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
