@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import sys
+import textwrap
+import typing
 from pathlib import Path
 
 from .checkpoints import CheckpointError, load_checkpoint
@@ -50,31 +54,50 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .training import DISTILL_KINDS, TrainConfig
-    d = TrainConfig(data="", out="")
+    from .training import TrainConfig
     p = sub.add_parser("train", help="offline multi-task training / TD-MPC-Opt distillation on a dataset folder")
-    p.add_argument("--data", required=True, help="dataset folder in this library's format (see convert-data)")
-    p.add_argument("--out", required=True, help="run folder; an existing run there is resumed")
-    p.add_argument("--model-size", type=int, default=d.model_size, help="1/5/19/48/317, or 0 = custom via --override")
+    dataclass_arguments(p, TrainConfig, special={"model_overrides", "tasks", "model_size"})
+    p.add_argument("--model-size", type=int, default=1, help=field_docs(TrainConfig)["model_size"])
     p.add_argument("--override", action="append", type=_parse_override, metavar="KEY=VALUE",
-                   help="model config field, e.g. latent_dim=64 (repeatable)")
-    p.add_argument("--teacher", default=None, help="frozen teacher checkpoint (needs --d-coef > 0)")
-    p.add_argument("--init-from", default=None, help="start from this checkpoint's weights (fresh optimizer)")
-    p.add_argument("--d-coef", type=float, default=d.d_coef, help="distillation weight; paper best 0.4, release 0.45")
-    p.add_argument("--distill", choices=DISTILL_KINDS, default=d.distill)
-    p.add_argument("--tasks", default=None, help="comma list: train only on these tasks of the dataset")
-    for name in ("steps", "batch_size", "seed", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
-                 "eval_episode_length", "horizon", "pca_samples"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("lr", "enc_lr_scale", "grad_clip", "consistency_coef", "reward_coef", "value_coef", "rho", "tau",
-                 "entropy_coef"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
-    p.add_argument("--no-eval-mpc", dest="eval_mpc", action="store_false", help="evaluate with the policy prior")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="eager LayerNorm+Mish (default: fused kernels unless TDMPC_OPT_COMPILE=0)")
-    p.add_argument("--device", default=d.device)
+                   help=field_docs(TrainConfig)["model_overrides"])
+    p.add_argument("--tasks", default=None, help=field_docs(TrainConfig)["tasks"])
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of the dataclass ``cls`` and its bases, by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError, IndexError):
+            continue
+        for stmt, nxt in zip(body, body[1:]):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def dataclass_arguments(parser: argparse.ArgumentParser, cls: type, special: set[str] = frozenset()) -> None:
+    """One option per field of ``cls`` (``--field-name``; booleans as switches), its docstring as the help;
+    fields without a default are required, those in ``special`` are left to the caller."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in special:
+            continue
+        flag, doc = "--" + f.name.replace("_", "-"), docs.get(f.name, "")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        kind = hints[f.name]
+        base = next((t for t in getattr(kind, "__args__", (kind,)) if t is not type(None)), str)   # int | None: int
+        if base is bool:
+            parser.add_argument(flag if not default else "--no-" + f.name.replace("_", "-"), dest=f.name,
+                                action="store_false" if default else "store_true", help=doc)
+        elif default is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            parser.add_argument(flag, type=base, required=True, help=doc)
+        else:
+            parser.add_argument(flag, type=base, default=default, help=f"{doc} (default: {default})")
 
 
 # ----------------------------------------------------------------------------------- convert-data

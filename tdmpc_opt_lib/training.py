@@ -46,18 +46,31 @@ class UpdateConfig:
     """Hyper-parameters of one update (TD-MPC2 defaults) and of the distillation term."""
 
     lr: float = 3e-4
+    """Adam learning rate."""
     enc_lr_scale: float = 0.3
+    """Learning-rate multiplier of the encoder."""
     grad_clip: float = 20.0
+    """Gradient-norm clip of the world model and of the policy."""
     consistency_coef: float = 20.0
+    """Weight of the latent-consistency loss."""
     reward_coef: float = 0.1
+    """Weight of the reward loss."""
     value_coef: float = 0.1
+    """Weight of the value (Q) loss."""
     rho: float = 0.5
+    """Per-step discount of the losses over the horizon."""
     horizon: int = 3
+    """Length of the latent rollout the losses cover (time steps)."""
     tau: float = 0.01
+    """Polyak rate of the target Qs and of the running Q scale."""
     entropy_coef: float = 1e-4
+    """Entropy bonus of the policy loss."""
     batch_size: int = 256
+    """Windows per update."""
     d_coef: float = 0.0
+    """Weight of the distillation term: 0 trains from scratch (paper best 0.4, release 0.45)."""
     distill: str = "reward"
+    """What is distilled: 'reward' (TD-MPC-Opt), or 'latent-linear' / 'latent-pca' (reward and next latent)."""
 
 
 @dataclass(kw_only=True)
@@ -65,23 +78,42 @@ class TrainConfig(UpdateConfig):
     """An offline training run. ``d_coef`` 0 trains from scratch; > 0 needs ``teacher``."""
 
     data: str
+    """Dataset folder in this library's format (see convert-data)."""
     out: str
+    """Run folder; an existing run there is resumed."""
     steps: int = 200_000
+    """Updates in all."""
     seed: int = 1
+    """Seed of the initial weights, the sampler and the dropout masks."""
     model_size: int | None = 1
+    """TD-MPC2 model size 1/5/19/48/317; None (command line: 0) for a custom model given by model_overrides."""
     model_overrides: dict = field(default_factory=dict)
+    """Model config fields to override (command line: --override KEY=VALUE, repeatable)."""
     tasks: list[str] | None = None
+    """Train only on these tasks of the dataset (command line: a comma list)."""
     teacher: str | None = None
-    init_from: str | None = None   # start from this checkpoint's weights (any format load_checkpoint reads), fresh optimizer
+    """Frozen teacher checkpoint (needs d_coef > 0)."""
+    init_from: str | None = None
+    """Start from this checkpoint's weights (any format load_checkpoint reads), with a fresh optimizer."""
     pca_samples: int = 4096
+    """Teacher latents the latent-pca projection is fitted on."""
     log_every: int = 100
+    """Updates per row of metrics.csv."""
     checkpoint_every: int = 10_000
+    """Updates between resume checkpoints (a multiple of log_every)."""
     eval_every: int = 0
+    """Updates between evaluations, 0 for none (a multiple of log_every)."""
     eval_episodes: int = 1
+    """Episodes per task of those evaluations."""
     eval_episode_length: int | None = None
+    """Shorter evaluation episodes (smoke runs; scores are then not the protocol's)."""
     eval_mpc: bool = True
+    """Evaluate with MPPI planning (else with the policy prior)."""
     compile: bool = field(default_factory=lambda: os.environ.get("TDMPC_OPT_COMPILE", "1") != "0")
+    """Train through the speed layer (fast.accelerate: folded task embedding, fused kernels); off with
+    TDMPC_OPT_COMPILE=0."""
     device: str = "cpu"
+    """Torch device of the model and the batches."""
 
 
 # Settings that may change when a run is resumed (everything else must match the checkpoint).

@@ -271,3 +271,16 @@ def test_policy_loss_leaves_the_task_embedding_alone(monkeypatch):
     assert not torch.allclose(models[0]._task_emb.weight.grad, models[1]._task_emb.weight.grad)
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_every_train_setting_is_documented_and_on_the_command_line():
+    """TrainConfig is the one declaration: each field has a docstring, which is its --help text."""
+    import dataclasses
+    from tdmpc_opt_lib.cli import build_parser, field_docs
+    docs = field_docs(training.TrainConfig)
+    fields = [f.name for f in dataclasses.fields(training.TrainConfig)]
+    assert sorted(docs) == sorted(fields) and all(len(d) > 10 for d in docs.values())
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    dests = {a.dest for a in train._actions}
+    assert set(fields) - {"model_overrides"} <= dests and "override" in dests
+    assert next(a for a in train._actions if a.dest == "lr").help.startswith(docs["lr"])
