@@ -164,7 +164,8 @@ def fused_dropout_ln_act(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     the dropout mask is drawn eagerly (:func:`dropout_scale`)."""
     scale = dropout_scale(y.shape, p, y.device, y.dtype) if p and training else None
     if torch.compiler.is_compiling():       # inside a compiled function (planning): inductor fuses the plain math
-        return _ln_act_forward(y, weight, bias, scale, pre_bias, simnorm)[0]
+        u = y if pre_bias is None else y + pre_bias
+        return _act(F.layer_norm(u if scale is None else u * scale, u.shape[-1:]) * weight + bias, simnorm)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, weight, bias, pre_bias)):
         return _FusedLnAct.apply(y, weight, bias, scale, pre_bias, simnorm)
     return _forward_kernel(y, weight, bias, scale, pre_bias)[0](y, weight, bias, scale, pre_bias, simnorm)[0]
