@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=int, default=512, help="MPPI samples")
     ev.add_argument("--iterations", type=int, default=6, help="MPPI iterations")
     ev.add_argument("--batch-envs", type=int, default=64, help="episodes planned together in lock-step")
-    ev.add_argument("--no-compile", action="store_true", help="plan without torch.compile")
+    ev.add_argument("--no-compile", action="store_true", help="without the speed layer (fast.accelerate, torch.compile of the planner)")
     ev.add_argument("--out", default=None, help="CSV of per-episode results")
     ev.set_defaults(func=_evaluate)
     _add_quantize(sub)

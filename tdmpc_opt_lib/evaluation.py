@@ -50,7 +50,8 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     """Run ``episodes`` per task; one row per episode: task, episode, seed, return, score, steps.
 
     ``episode_length`` shortens episodes (smoke runs only; scores are then not the protocol's).
-    ``compile`` defaults to on unless ``TDMPC_OPT_COMPILE=0``.
+    ``compile``: the speed layer (:func:`tdmpc_opt_lib.fast.accelerate`, a ``torch.compile``'d planner); on
+    unless ``TDMPC_OPT_COMPILE=0``.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")

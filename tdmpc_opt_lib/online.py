@@ -61,9 +61,10 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
     torch.manual_seed(cfg.seed)
     model = WorldModel(model_config(cfg.model_size, ts, **{"task_dim": 0, **cfg.model_overrides})).to(device)
     model.eval()                        # the agent acts in eval mode (no Q dropout); updates switch modes themselves
-    learner = Learner(model, cfg)
+    agent = fast.accelerate(model)      # the speed layer: fused kernels, folded first layers (same parameters)
+    learner = Learner(agent, cfg)
     planner_cfg = PlannerConfig(**cfg.planner)
-    planner = Planner(model, planner_cfg, seed=cfg.seed)
+    planner = Planner(agent, planner_cfg, seed=cfg.seed)
     buffer = data.EpisodeBuffer(list(ts.tasks), model.cfg.obs_dim, model.cfg.action_dim)
     rng = np.random.default_rng(cfg.seed)           # seed-phase actions
     out = Path(cfg.out)

@@ -343,7 +343,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         if projection is not None and projection.kind == "latent-pca":
-            fit_pca_projection(projection, teacher, ds, cfg.pca_samples, cfg.seed)
+            fit_pca_projection(projection, learner.teacher, ds, cfg.pca_samples, cfg.seed)   # as training sees it
     log = MetricsCSV(out / "metrics.csv", CSV_COLUMNS, keep_until=step)
 
     sums: dict[str, torch.Tensor] = {}

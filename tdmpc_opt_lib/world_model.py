@@ -137,7 +137,8 @@ class WorldModel(nn.Module):
     def Q(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike, return_type: str = "min", target: bool = False,
           detach: bool = False, generator: torch.Generator | None = None,
           heads: torch.Tensor | None = None) -> torch.Tensor:
-        """Q-values. ``all``: logits ``[num_q, *batch, bins]``; ``min``/``avg``: over two random heads (or ``heads``).
+        """Q-values. ``all``: logits ``[num_q, *batch, bins]``; ``min``/``avg``: over two random heads (or the two
+        ``heads`` given).
         ``detach``: gradients reach ``z`` and ``a`` only, not the Q parameters or the task embedding."""
         if return_type not in ("all", "min", "avg"):
             raise ValueError(f"return_type must be 'all', 'min' or 'avg', got {return_type!r}")

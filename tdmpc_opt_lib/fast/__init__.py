@@ -29,8 +29,10 @@ __all__ = ["FastWorldModel", "accelerate", "cpu_runtime"]
 
 
 def accelerate(model: WorldModel) -> FastWorldModel:
-    """A :class:`FastWorldModel` over the same parameters and buffers as ``model`` (which stays as it is):
-    training or loading either changes both. Layers of other types (quantized ones) are kept as they are."""
+    """A :class:`FastWorldModel` over the same parameter and buffer tensors as ``model`` (which stays as it is):
+    updating weights in place (training, ``load_state_dict``) changes both. Module state is copied, not shared:
+    call it after ``.to(device)`` and quantization; train/eval modes are set on each. Layers of other types
+    (quantized ones) are kept as they are."""
     if isinstance(model, FastWorldModel):
         return model
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}

@@ -307,7 +307,7 @@ def _layout(y: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int]:
 def ln_act_forward(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
                    pre_bias: torch.Tensor | None, simnorm: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """act(LayerNorm((y + pre_bias)·scale)·weight + bias) → (output, row mean, row 1/std); as
-    :func:`tdmpc_opt_lib.layers._ln_act_forward` (``mean``/``rstd`` flat over rows)."""
+    :func:`tdmpc_opt_lib.fast.fused._ln_act_forward` (``mean``/``rstd`` flat over rows)."""
     rows, D, per_group = _layout(y, weight)
     out, mean, rstd = torch.empty_like(y), y.new_empty(rows), y.new_empty(rows)
     library().ln_act_forward(_ptr(y), _ptr(pre_bias), _ptr(scale), _ptr(weight), _ptr(bias), _ptr(out), _ptr(mean),

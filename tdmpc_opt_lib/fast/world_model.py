@@ -20,11 +20,6 @@ def _fused(layer: nn.Module) -> bool:
     return type(layer) in (FusedNormedLinear, FusedEnsembleLinear)
 
 
-def _per_env(x: torch.Tensor, task: TaskLike) -> bool:
-    """``task`` holds one index per environment, broadcast over the samples of ``x [N, S, k]`` (a planning call)."""
-    return isinstance(task, torch.Tensor) and x.dim() == 3 and task.shape == (x.shape[0], 1) and x.shape[1] > 1
-
-
 class FastWorldModel(WorldModel):
     """:class:`WorldModel` with per-task first-layer rows and fused LayerNorm+activation kernels."""
 
@@ -59,7 +54,8 @@ class FastWorldModel(WorldModel):
 
         def state() -> tuple:
             # the task tensor by its memory (a view of it, e.g. one task per environment, matches), pinned below
-            return w, w._version, w.data_ptr(), task.data_ptr(), task.numel(), task.dtype, task._version
+            version = 0 if task.is_inference() else task._version     # inference tensors have no version counter
+            return w, w._version, w.data_ptr(), task.data_ptr(), task.numel(), task.dtype, version
 
         done = self.__dict__.get("_renormed")
         if done is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(state(), done)):
@@ -71,6 +67,12 @@ class FastWorldModel(WorldModel):
             self.__dict__["_renormed_task"] = task     # kept alive: its memory cannot hold other tasks meanwhile
 
     # --------------------------------------------------------------- folding
+    def _per_env(self, x: torch.Tensor, task: TaskLike) -> bool:
+        """``task`` holds one index per environment, broadcast over the samples of ``x [N, S, k]`` (a planning
+        call), with rows enough to pay for splitting the weights (a few dozen rows concatenate faster)."""
+        return isinstance(task, torch.Tensor) and x.dim() == 3 and task.shape == (x.shape[0], 1) and \
+            x.shape[1] > 1 and x.shape[0] * x.shape[1] >= self.FOLD_MIN_ROWS
+
     def _foldable(self, layer: nn.Module, x: torch.Tensor) -> bool:
         return _fused(layer) and x.numel() >= self.FOLD_MIN_ROWS * x.shape[-1]
 
@@ -105,14 +107,14 @@ class FastWorldModel(WorldModel):
         return super().encode(obs, task)
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
-        if _fused(self._dynamics[0]) and _per_env(z, task):
+        if _fused(self._dynamics[0]) and self._per_env(z, task):
             return self._broadcast(self._dynamics, z, task, a)
         if self._foldable(self._dynamics[0], z):
             return self._folded(self._dynamics, z, task, a).reshape(z.shape)
         return super().next(z, a, task)
 
     def reward(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
-        if _fused(self._reward[0]) and _per_env(z, task):
+        if _fused(self._reward[0]) and self._per_env(z, task):
             return self._broadcast(self._reward, z, task, a)
         if self._foldable(self._reward[0], z):
             return self._folded(self._reward, z, task, a).reshape(*z.shape[:-1], self.cfg.num_bins)
@@ -121,7 +123,7 @@ class FastWorldModel(WorldModel):
     def next_and_reward(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> tuple[torch.Tensor, torch.Tensor]:
         """One first-layer matmul of width 2·mlp_dim for the dynamics and the reward head (planning calls)."""
         dyn, rew = self._dynamics, self._reward
-        if not (_fused(dyn[0]) and _fused(rew[0]) and _per_env(z, task)):
+        if not (_fused(dyn[0]) and _fused(rew[0]) and self._per_env(z, task)):
             return super().next_and_reward(z, a, task)
         M = dyn[0].out_features
         y = broadcast_first_layer(torch.cat([dyn[0].weight, rew[0].weight]), torch.cat([dyn[0].bias, rew[0].bias]),
@@ -130,7 +132,7 @@ class FastWorldModel(WorldModel):
 
     def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None, detach: bool = False,
            eps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        if _fused(self._pi[0]) and _per_env(z, task):
+        if _fused(self._pi[0]) and self._per_env(z, task) and not detach:
             return self._policy(self._broadcast(self._pi, z, task), task, generator, eps)
         if self._foldable(self._pi[0], z):
             out = self._folded(self._pi, z, task, detach=detach).reshape(*z.shape[:-1], 2 * self.cfg.action_dim)
@@ -141,7 +143,7 @@ class FastWorldModel(WorldModel):
           detach: bool = False, generator: torch.Generator | None = None,
           heads: torch.Tensor | None = None) -> torch.Tensor:
         net = self._target_Qs if target else self._Qs
-        per_env = _fused(net[0]) and _per_env(z, task)
+        per_env = _fused(net[0]) and self._per_env(z, task) and not detach
         if not (per_env or self._foldable(net[0], z)) or return_type not in ("min", "avg", "all"):
             return super().Q(z, a, task, return_type, target, detach, generator, heads)
         batch = z.shape[:-1]
@@ -154,8 +156,7 @@ class FastWorldModel(WorldModel):
         if per_env:
             first = net[0]
             w, b = (first.weight, first.bias) if heads is None else (first.weight[heads], first.bias[heads])
-            y = first.tail(broadcast_first_layer(w, b, z, self.task_vectors(task), a), heads)
-            logits = y
+            logits = first.tail(broadcast_first_layer(w, b, z, self.task_vectors(task), a), heads)
             for layer in list(net)[1:]:
                 logits = layer(logits, heads)
         else:

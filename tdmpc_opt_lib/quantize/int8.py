@@ -119,10 +119,14 @@ INT8 = {nn.Linear: Int8Linear, NormedLinear: Int8NormedLinear, EnsembleLinear: I
 
 def int8_layer(layer: nn.Module, q: torch.Tensor, scale: torch.Tensor) -> nn.Module:
     """``layer`` (in place) with its weight replaced by the int8 ``q`` and per-channel ``scale``."""
+    cls = INT8.get(type(layer))
+    if cls is None:
+        raise TypeError(f"cannot store a {type(layer).__name__} as int8: quantize the plain model "
+                        "(before fast.accelerate)")
     del layer.weight
     layer.register_buffer("qweight", q.contiguous())
     layer.register_buffer("weight_scale", scale.float())
-    layer.__class__ = INT8[type(layer)]
+    layer.__class__ = cls
     return layer
 
 
