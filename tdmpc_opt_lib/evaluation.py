@@ -64,7 +64,8 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     rows: list[dict] = []
     start = time.perf_counter()
     model.eval()
-    runner = fast.accelerate(model) if compile else model      # the speed layer: same results to float rounding
+    # the speed layer for planning (same results to float rounding); the policy prior's few rows run as they are
+    runner = fast.accelerate(model) if compile and mpc else model
     with fast.cpu_runtime(next(model.parameters()).device):
         for lo in range(0, len(jobs), batch_envs):
             rows += _run_batch(runner, jobs[lo:lo + batch_envs],
