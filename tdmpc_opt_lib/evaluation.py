@@ -7,6 +7,7 @@ stream is seeded with ``s``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -65,8 +66,9 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     start = time.perf_counter()
     model.eval()
     # the speed layer for planning (same results to float rounding); the policy prior's few rows run as they are
-    runner = fast.accelerate(model) if compile and mpc else model
-    with fast.cpu_runtime(next(model.parameters()).device):
+    speed = compile and mpc
+    runner = fast.accelerate(model) if speed else model
+    with fast.cpu_runtime(next(model.parameters()).device) if speed else contextlib.nullcontext():
         for lo in range(0, len(jobs), batch_envs):
             rows += _run_batch(runner, jobs[lo:lo + batch_envs],
                                f"{lo + 1}-{lo + min(batch_envs, len(jobs) - lo)}/{len(jobs)}", seed, seed + lo, mpc,
