@@ -158,7 +158,8 @@ class Planner:
         """Plan one action per environment. ``t0`` marks environments at the first step of an episode."""
         m, cfg, g = self.model, self.cfg, self.generator
         H, S, P, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, m.cfg.action_dim
-        N, dev = obs.shape[0], obs.device
+        N, dev = obs.shape[0], self.generator.device                  # the model's device
+        obs, task = obs.to(dev), task.to(dev)
         if self.prev_mean is not None and self.prev_mean.shape[1] != N:
             raise ValueError(f"planner was warm-started for {self.prev_mean.shape[1]} environments, got {N}; "
                              "call reset() when the set of environments changes")

@@ -140,20 +140,27 @@ class WorldModel(nn.Module):
         """Q-values. ``all``: logits ``[num_q, *batch, bins]``; ``min``/``avg``: over two random heads (or the two
         ``heads`` given).
         ``detach``: gradients reach ``z`` and ``a`` only, not the Q parameters or the task embedding."""
+        net = self._target_Qs if target else self._Qs
+        heads = self._q_heads(return_type, heads, generator, z.device)
+        x = torch.cat([self.task_emb(z, task, detach=detach), a], dim=-1)
+        with frozen(net, detach):
+            logits = net(x.reshape(-1, x.shape[-1]), heads)
+        return self._q_values(logits, z.shape[:-1], return_type)
+
+    def _q_heads(self, return_type: str, heads: torch.Tensor | None, generator: torch.Generator | None,
+                 device: torch.device) -> torch.Tensor | None:
+        """The Q heads to evaluate: all (None) or two, drawn at random every call as TD-MPC2 does."""
         if return_type not in ("all", "min", "avg"):
             raise ValueError(f"return_type must be 'all', 'min' or 'avg', got {return_type!r}")
-        net = self._target_Qs if target else self._Qs
-        batch = z.shape[:-1]
         if return_type == "all":
-            heads = None
-        elif heads is None:
-            heads = two_random_heads(self.cfg.num_q, generator, z.device)  # drawn every call, as TD-MPC2
-        if heads is not None and heads.shape[0] == self.cfg.num_q:
-            heads = None                # every head: min and mean do not depend on their order
-        x = torch.cat([self.task_emb(z, task, detach=detach), a], dim=-1).reshape(-1, z.shape[-1] + self.cfg.task_dim
-                                                                                  + a.shape[-1])
-        with frozen(net, detach):
-            logits = net(x, heads)
+            return None
+        if heads is None:
+            heads = two_random_heads(self.cfg.num_q, generator, device)
+        return None if heads.shape[0] == self.cfg.num_q else heads   # every head: min and mean ignore the order
+
+    def _q_values(self, logits: torch.Tensor, batch: torch.Size, return_type: str) -> torch.Tensor:
+        """Logits ``[heads, rows, bins]`` → ``all``: ``[heads, *batch, bins]``; ``min``/``avg`` of the two heads'
+        values ``[*batch, 1]``."""
         if return_type == "all":
             return logits.reshape(-1, *batch, self.cfg.num_bins)
         q = math.two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax).reshape(2, *batch, 1)

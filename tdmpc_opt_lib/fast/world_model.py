@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import math
-from ..world_model import TaskLike, WorldModel, frozen, two_random_heads
+from ..world_model import TaskLike, WorldModel, frozen
 from .fold import broadcast_first_layer, folded_first_layer
 from .fused import FusedEnsembleLinear, FusedNormedLinear
 
@@ -146,13 +145,7 @@ class FastWorldModel(WorldModel):
         per_env = _fused(net[0]) and self._per_env(z, task) and not detach
         if not (per_env or self._foldable(net[0], z)) or return_type not in ("min", "avg", "all"):
             return super().Q(z, a, task, return_type, target, detach, generator, heads)
-        batch = z.shape[:-1]
-        if return_type == "all":
-            heads = None
-        elif heads is None:
-            heads = two_random_heads(self.cfg.num_q, generator, z.device)
-        if heads is not None and heads.shape[0] == self.cfg.num_q:
-            heads = None                # every head: min and mean do not depend on their order
+        heads = self._q_heads(return_type, heads, generator, z.device)
         if per_env:
             first = net[0]
             w, b = (first.weight, first.bias) if heads is None else (first.weight[heads], first.bias[heads])
@@ -162,7 +155,4 @@ class FastWorldModel(WorldModel):
         else:
             with frozen(net, detach):
                 logits = self._folded(net, z, task, a, heads, detach)
-        if return_type == "all":
-            return logits.reshape(-1, *batch, self.cfg.num_bins)
-        q = math.two_hot_inv(logits, self.cfg.vmin, self.cfg.vmax).reshape(2, *batch, 1)
-        return q.min(0).values if return_type == "min" else q.sum(0) / 2
+        return self._q_values(logits, z.shape[:-1], return_type)
