@@ -70,21 +70,21 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     runner = fast.accelerate(model) if speed else model
     with fast.cpu_runtime(next(model.parameters()).device) if speed else contextlib.nullcontext():
         for lo in range(0, len(jobs), batch_envs):
-            rows += _run_batch(runner, jobs[lo:lo + batch_envs],
-                               f"{lo + 1}-{lo + min(batch_envs, len(jobs) - lo)}/{len(jobs)}", seed, seed + lo, mpc,
-                               planner_cfg, compile, episode_length, progress)
+            batch = jobs[lo:lo + batch_envs]
+            planner = Planner(runner, planner_cfg, seed=seed + lo, compile=compile) if mpc else None
+            rows += _run_batch(runner, planner, batch, seed, episode_length, progress,
+                               label=f"{lo + 1}-{lo + len(batch)}/{len(jobs)}")
     df = pd.DataFrame(rows)
     df.attrs.update(wall_s=time.perf_counter() - start, mpc=mpc, seed=seed)
     return df
 
 
-def _run_batch(model: WorldModel, batch: list[tuple[str, int]], label: str, seed: int, planner_seed: int, mpc: bool,
-               planner_cfg: PlannerConfig | None, compile: bool, episode_length: int | None,
-               progress: bool) -> list[dict]:
-    """Episodes ``batch`` ((task, episode) pairs) in lock-step; one row per episode."""
+def _run_batch(model: WorldModel, planner: Planner | None, batch: list[tuple[str, int]], seed: int,
+               episode_length: int | None, progress: bool, label: str) -> list[dict]:
+    """Episodes ``batch`` ((task, episode) pairs) in lock-step, acting with ``planner`` (None: the policy
+    prior); one row per episode."""
     envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, e)) for t, e in batch]
     T = episode_length or envs[0].episode_length
-    planner = Planner(model, planner_cfg, seed=planner_seed, compile=compile) if mpc else None
     task = torch.tensor([env.task_id for env in envs])
     obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
     returns = np.zeros(len(envs))

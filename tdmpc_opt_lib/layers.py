@@ -77,9 +77,14 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
+    def select(self, heads: torch.Tensor | None, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``params`` (stacked on dim 0; default weight and bias) restricted to ``heads`` (None: all)."""
+        params = params or (self.weight, self.bias)
+        return params if heads is None else tuple(p[heads] for p in params)
+
     def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
         """``x [n, B, in]`` (or ``[B, in]``, shared by every head) → ``[n, B, out]``."""
-        w, b = (self.weight, self.bias) if heads is None else (self.weight[heads], self.bias[heads])
+        w, b = self.select(heads)
         x = x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x
         return self.tail(torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), heads)
 
@@ -90,7 +95,7 @@ class EnsembleLinear(nn.Module):
             y = self.dropout(y)
         if self.ln is None:
             return y
-        g, beta = (self.ln.weight, self.ln.bias) if heads is None else (self.ln.weight[heads], self.ln.bias[heads])
+        g, beta = self.select(heads, self.ln.weight, self.ln.bias)
         return F.mish(F.layer_norm(y, y.shape[-1:]) * g.unsqueeze(1) + beta.unsqueeze(1))
 
 

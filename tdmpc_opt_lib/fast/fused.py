@@ -205,7 +205,7 @@ class FusedEnsembleLinear(EnsembleLinear):
     rather than ``baddbmm``, which first copies the broadcast bias to every output row)."""
 
     def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
-        w, b = (self.weight, self.bias) if heads is None else (self.weight[heads], self.bias[heads])
+        w, b = self.select(heads)
         x = x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x
         return self.tail(torch.bmm(x, w.transpose(1, 2)), heads, b)
 
@@ -214,7 +214,7 @@ class FusedEnsembleLinear(EnsembleLinear):
         if self.ln is None:
             y = y + bias.unsqueeze(1) if bias is not None else y
             return self.dropout(y) if self.dropout is not None else y
-        g, beta = (self.ln.weight, self.ln.bias) if heads is None else (self.ln.weight[heads], self.ln.bias[heads])
+        g, beta = self.select(heads, self.ln.weight, self.ln.bias)
         p = self.dropout.p if self.dropout is not None else 0.0
         pre = bias.unsqueeze(1) if bias is not None else None
         return fused_dropout_ln_act(y, g.unsqueeze(1), beta.unsqueeze(1), p, self.training, pre)

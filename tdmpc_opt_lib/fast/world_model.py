@@ -6,6 +6,8 @@ pays and fall back to the plain ones elsewhere (small batches, quantized layers)
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -84,19 +86,23 @@ class FastWorldModel(WorldModel):
         w = self._task_emb.weight
         # a copy: the weights are renormalised in place when the next batch's tasks are looked up
         table = w.detach() if detach or not torch.is_grad_enabled() else w.clone()
-        first, ensemble = net[0], isinstance(net[0], FusedEnsembleLinear)
-        y = folded_first_layer(first, x, task, table, extra, heads)
-        y = first.tail(y, heads) if ensemble else first.tail(y)
-        for layer in list(net)[1:]:
-            y = layer(y, heads) if ensemble else layer(y)
-        return y
+        return self._after_first(net, folded_first_layer(net[0], x, task, table, extra, heads), heads)
 
     def _broadcast(self, net: nn.Sequential, x: torch.Tensor, task: torch.Tensor,
-                   extra: torch.Tensor | None = None) -> torch.Tensor:
+                   extra: torch.Tensor | None = None, heads: torch.Tensor | None = None) -> torch.Tensor:
         """``net([x, emb(task), extra])`` for one task per environment (``task [N, 1]``, ``x [N, S, k]``)."""
         first = net[0]
-        y = first.tail(broadcast_first_layer(first.weight, first.bias, x, self.task_vectors(task), extra))
-        return net[1:](y)
+        w, b = first.select(heads) if isinstance(first, FusedEnsembleLinear) else (first.weight, first.bias)
+        return self._after_first(net, broadcast_first_layer(w, b, x, self.task_vectors(task), extra), heads)
+
+    @staticmethod
+    def _after_first(net: nn.Sequential, y: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """``net`` from the first layer's linear output ``y`` on (its tail, then the other layers)."""
+        ensemble = isinstance(net[0], FusedEnsembleLinear)
+        y = net[0].tail(y, heads) if ensemble else net[0].tail(y)
+        for layer in itertools.islice(net, 1, None):
+            y = layer(y, heads) if ensemble else layer(y)
+        return y
 
     # --------------------------------------------------------------- components
     def encode(self, obs: torch.Tensor, task: TaskLike) -> torch.Tensor:
@@ -127,7 +133,7 @@ class FastWorldModel(WorldModel):
         M = dyn[0].out_features
         y = broadcast_first_layer(torch.cat([dyn[0].weight, rew[0].weight]), torch.cat([dyn[0].bias, rew[0].bias]),
                                   z, self.task_vectors(task), a)
-        return dyn[1:](dyn[0].tail(y[..., :M].contiguous())), rew[1:](rew[0].tail(y[..., M:].contiguous()))
+        return self._after_first(dyn, y[..., :M].contiguous()), self._after_first(rew, y[..., M:].contiguous())
 
     def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None, detach: bool = False,
            eps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
@@ -147,11 +153,7 @@ class FastWorldModel(WorldModel):
             return super().Q(z, a, task, return_type, target, detach, generator, heads)
         heads = self._q_heads(return_type, heads, generator, z.device)
         if per_env:
-            first = net[0]
-            w, b = (first.weight, first.bias) if heads is None else (first.weight[heads], first.bias[heads])
-            logits = first.tail(broadcast_first_layer(w, b, z, self.task_vectors(task), a), heads)
-            for layer in list(net)[1:]:
-                logits = layer(logits, heads)
+            logits = self._broadcast(net, z, task, a, heads)
         else:
             with frozen(net, detach):
                 logits = self._folded(net, z, task, a, heads, detach)

@@ -11,7 +11,8 @@
 """
 from .analysis import (MIXED_BUDGET_RATIO, RECORDED_COLUMNS, forward_latency_ms, layer_sensitivity, mixed_plan,
                        paired_difference, planning_latency_ms, pooled_runs, prediction_errors, predictions,
-                       quantization_table, recorded_pooled, recorded_table, relative_errors, relative_rms)
+                       quantization_table, recorded_pooled, recorded_run, recorded_table, relative_errors,
+                       relative_rms)
 from .calibration import (CALIBRATION_ENV_SEED, Inputs, calibration_hessians, calibration_inputs,
                           calibration_rollouts, layer_hessians)
 from .files import (deploy_path, export_safetensors, quantized_checkpoint, resolve_defaults, save_paper,

@@ -178,6 +178,20 @@ def paired_difference(df: pd.DataFrame, ref: pd.DataFrame) -> tuple[float, float
     return float(per_task.mean()), float(per_task.std(ddof=1) / np.sqrt(len(per_task)))
 
 
+def recorded_run(path: str | os.PathLike) -> tuple[str, int] | None:
+    """(scheme, seed) of a per-episode file ``released_<scheme>_mpc_seed<S>.csv`` written by
+    ``benchmarks/quantized_mpc.py``, else None."""
+    stem = Path(path).name.removesuffix(".csv")
+    if not stem.startswith("released_") or "_mpc_seed" not in stem:
+        return None
+    scheme, seed = stem[len("released_"):].rsplit("_mpc_seed", 1)
+    return (scheme, int(seed)) if seed.isdigit() else None
+
+
+def _recorded(runs: Path, scheme: str, seed: int) -> Path:
+    return runs / f"released_{scheme}_mpc_seed{seed}.csv"
+
+
 def pooled_runs(runs: str | os.PathLike, schemes: list[str] | tuple[str, ...] = ("int8",),
                 seeds: list[int] | None = None) -> pd.DataFrame:
     """fp16 and ``schemes`` with the per-episode results of several seeds pooled (``released_<scheme>_mpc_seed<S>.csv``
@@ -185,13 +199,12 @@ def pooled_runs(runs: str | os.PathLike, schemes: list[str] | tuple[str, ...] = 
     seeds of ``seeds`` (None: any) that every scheme and fp16 have are used, so the comparison stays paired."""
     runs = Path(runs)
     names = ["fp16", *[s for s in schemes if s != "fp16"]]
-    found = sorted({int(f.stem.rsplit("seed", 1)[1]) for f in runs.glob("released_fp16_mpc_seed*.csv")})
-    have = [s for s in (found if seeds is None else seeds)
-            if all((runs / f"released_{k}_mpc_seed{s}.csv").is_file() for k in names)]
+    found = sorted({r[1] for r in map(recorded_run, runs.glob("released_*.csv")) if r and r[0] == "fp16"})
+    have = [s for s in (found if seeds is None else seeds) if all(_recorded(runs, k, s).is_file() for k in names)]
     if not have:
         raise FileNotFoundError(f"no seed of {seeds if seeds is not None else found} has per-episode CSVs "
                                 f"for {names} in {runs}")
-    frames = {k: pd.concat([pd.read_csv(runs / f"released_{k}_mpc_seed{s}.csv") for s in have], ignore_index=True)
+    frames = {k: pd.concat([pd.read_csv(_recorded(runs, k, s)) for s in have], ignore_index=True)
               for k in names}
     rows = []
     for k, df in frames.items():
@@ -213,7 +226,8 @@ def recorded_pooled(runs: str | os.PathLike) -> pd.DataFrame | None:
     latest = {row.scheme: row for _, table in summaries for row in table.itertuples()}
     rows = []
     for scheme in SCHEMES:
-        if scheme not in latest or not any(runs.glob(f"released_{scheme}_mpc_seed*.csv")):
+        recorded = any(r and r[0] == scheme for r in map(recorded_run, runs.glob("released_*.csv")))
+        if scheme not in latest or not recorded:
             continue
         fp16, pooled = pooled_runs(runs, [scheme]).iloc[[0, -1]].itertuples()
         rows.append({"scheme": scheme, "protocol": f"MPPI, seeds {pooled.seeds}, {pooled.episodes} episodes",

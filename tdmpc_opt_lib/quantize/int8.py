@@ -107,9 +107,7 @@ class Int8EnsembleLinear(EnsembleLinear):
     weight = Int8Linear.weight
 
     def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
-        q, s, b = self.qweight, self.weight_scale, self.bias
-        if heads is not None:
-            q, s, b = q[heads], s[heads], b[heads]
+        q, s, b = self.select(heads, self.qweight, self.weight_scale, self.bias)
         y = torch.stack([int8_matmul(x if x.dim() == 2 else x[i], q[i], s[i]) for i in range(q.shape[0])])
         return self.tail(y + b.unsqueeze(1), heads)
 

@@ -71,18 +71,12 @@ def paper_table4() -> pd.DataFrame:
         columns={"score": "paper score (MT30, 10 episodes, MPPI)"})
 
 
-def run_file(path: str | os.PathLike) -> tuple[str, int] | None:
-    """(scheme, seed) of a recorded per-episode file ``released_<scheme>_mpc_seed<S>.csv``, else None."""
-    stem = Path(path).name.removesuffix(".csv")
-    if not stem.startswith("released_") or "_mpc_seed" not in stem:
-        return None
-    scheme, seed = stem[len("released_"):].rsplit("_mpc_seed", 1)
-    return (scheme, int(seed)) if seed.isdigit() else None
+run_file = quantize.recorded_run
 
 
 def recorded_schemes(runs: str | os.PathLike) -> list[str]:
     """The schemes other than fp16 with recorded per-episode files in ``runs``, sorted."""
-    found = (run_file(f) for f in Path(runs).glob("released_*_mpc_seed*.csv"))
+    found = (run_file(f) for f in Path(runs).glob("released_*.csv"))
     return sorted({f[0] for f in found if f} - {"fp16"})
 
 
