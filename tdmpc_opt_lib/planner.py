@@ -167,6 +167,8 @@ class Planner:
         mask = m.action_mask(task)                                      # [N, A]
         gamma = m.discount[task].unsqueeze(1)                           # [N, 1]
         z0 = m.encode(obs, task)                                        # [N, L]
+        if hasattr(m, "arrange_planning"):      # the accelerated model: its first layers arranged once per call
+            m.arrange_planning()
         env_task = task.unsqueeze(1)                                    # [N, 1]: one task per environment
 
         # policy trajectories: their actions, latent rollout and discounted return are fixed for the call

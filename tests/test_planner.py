@@ -160,3 +160,38 @@ def test_five_head_model_equals_reference():
             torch.testing.assert_close(ours[0], ref, atol=1e-9, rtol=0)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_accelerated_planner_follows_weight_updates(compile_):
+    """The accelerated model arranges its first layers once per planning call and keeps them until a weight
+    changes: after an in-place update (an optimizer step) and after ``load_state_dict``, plans equal those of a
+    freshly accelerated model with the new weights."""
+    from tdmpc_opt_lib import fast
+    pytest.importorskip("torch._inductor")
+    torch.manual_seed(0)
+    m = WorldModel(model_config(1, ["cartpole-swingup", "cup-catch"])).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    quick = fast.accelerate(m)
+    quick.FOLD_MIN_ROWS = 1
+    obs, task = torch.randn(2, 8) * 0.3, torch.tensor([0, 1])
+    cfg = PlannerConfig(num_samples=64, num_elites=8, num_pi_trajs=4, iterations=2)
+    planner = Planner(quick, cfg, seed=1, compile=compile_)
+    planner.plan(obs, task, True)
+    other = WorldModel(model_config(1, ["cartpole-swingup", "cup-catch"])).eval()
+    for p in other.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    for change in ("in place", "load_state_dict"):
+        with torch.no_grad():
+            if change == "in place":
+                for p in m.parameters():
+                    p.mul_(-1.3)
+            else:
+                m.load_state_dict(other.state_dict())
+        fresh = fast.accelerate(WorldModel(m.cfg).eval())
+        fresh.load_state_dict(m.state_dict())
+        fresh.FOLD_MIN_ROWS = 1
+        planner.generator.manual_seed(5)
+        want = Planner(fresh, cfg, seed=5).plan(obs, task, True)
+        torch.testing.assert_close(planner.plan(obs, task, True), want, atol=1e-4, rtol=0)

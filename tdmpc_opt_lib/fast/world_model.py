@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..world_model import TaskLike, WorldModel, frozen
-from .fold import broadcast_first_layer, folded_first_layer
+from .fold import arrange_first_layer, broadcast_first_layer, folded_first_layer
 from .fused import FusedEnsembleLinear, FusedNormedLinear
 
 
@@ -91,9 +91,41 @@ class FastWorldModel(WorldModel):
     def _broadcast(self, net: nn.Sequential, x: torch.Tensor, task: torch.Tensor,
                    extra: torch.Tensor | None = None, heads: torch.Tensor | None = None) -> torch.Tensor:
         """``net([x, emb(task), extra])`` for one task per environment (``task [N, 1]``, ``x [N, S, k]``)."""
-        first = net[0]
-        w, b = first.select(heads) if isinstance(first, FusedEnsembleLinear) else (first.weight, first.bias)
-        return self._after_first(net, broadcast_first_layer(w, b, x, self.task_vectors(task), extra), heads)
+        w_xa, w_e, b = self._arranged(net[0])
+        if heads is not None:
+            w_xa, w_e, b = net[0].select(heads, w_xa, w_e, b)
+        return self._after_first(net, broadcast_first_layer((w_xa, w_e, b), x, self.task_vectors(task), extra), heads)
+
+    # --------------------------------------------------------------- planning: first layers arranged once per call
+    def arrange_planning(self) -> None:
+        """Arrange the first layers that planning reads (:func:`.fold.arrange_first_layer`), again only where the
+        weights changed. Compiled planning code reads what the last call arranged: the planner calls this at the
+        start of every planning call."""
+        for layers in ((self._dynamics[0], self._reward[0]), (self._pi[0],), (self._Qs[0],)):
+            if all(map(_fused, layers)):
+                self._arranged(*layers)
+
+    def _arranged(self, *layers: nn.Module) -> tuple[torch.Tensor, ...]:
+        """``layers``' first-layer weights concatenated on the output dimension and arranged, kept in place
+        (same tensors) until a weight changes."""
+        cache, key = self.__dict__.setdefault("_arrangement", {}), tuple(id(layer) for layer in layers)
+        if torch.compiler.is_compiling():
+            return cache[key][1] if key in cache else self._arrange(layers)
+        version = tuple((p.data_ptr(), p._version) for layer in layers for p in (layer.weight, layer.bias))
+        entry = cache.get(key)
+        if entry is None or entry[0] != version:
+            with torch.inference_mode(False), torch.no_grad():
+                new = self._arrange(layers)
+                if entry is not None and all(a.shape == b.shape for a, b in zip(entry[1], new)):
+                    new = tuple(a.copy_(b) for a, b in zip(entry[1], new))
+            cache[key] = (version, new)
+        return cache[key][1]
+
+    def _arrange(self, layers: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
+        weight, bias = (torch.cat(t, -2 if t[0].dim() == 3 else 0) if len(t) > 1 else t[0]
+                        for t in zip(*((layer.weight, layer.bias) for layer in layers)))
+        k = weight.shape[-1] - self.cfg.task_dim - (0 if layers[0] is self._pi[0] else self.cfg.action_dim)
+        return arrange_first_layer(weight, bias, k, self.cfg.task_dim)
 
     @staticmethod
     def _after_first(net: nn.Sequential, y: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,8 +163,7 @@ class FastWorldModel(WorldModel):
         if not (_fused(dyn[0]) and _fused(rew[0]) and self._per_env(z, task)):
             return super().next_and_reward(z, a, task)
         M = dyn[0].out_features
-        y = broadcast_first_layer(torch.cat([dyn[0].weight, rew[0].weight]), torch.cat([dyn[0].bias, rew[0].bias]),
-                                  z, self.task_vectors(task), a)
+        y = broadcast_first_layer(self._arranged(dyn[0], rew[0]), z, self.task_vectors(task), a)
         return self._after_first(dyn, y[..., :M].contiguous()), self._after_first(rew, y[..., M:].contiguous())
 
     def pi(self, z: torch.Tensor, task: TaskLike, generator: torch.Generator | None = None, detach: bool = False,
