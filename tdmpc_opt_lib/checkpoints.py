@@ -59,40 +59,35 @@ def reporting_write(path: str | os.PathLike):
         raise SaveError(cause.errno, f"cannot write {path}: {cause.strerror or cause}; {left}") from e
 
 
-def atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file, and
-    a failed write (:class:`SaveError`) leaves the previous one."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb"):
+    """A temporary file in ``path``'s folder, synced and renamed onto ``path`` when the block ends: a kill never
+    leaves half a file, and a failed write (:class:`SaveError`) leaves the previous one."""
     path = Path(path)
     with reporting_write(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a temporary file and a rename (readers never see half of it; a failed write,
-    :class:`SaveError`, leaves the previous one)."""
-    path = Path(path)
-    with reporting_write(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    """Write a text file through :func:`atomic_file` (readers never see half of it)."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 # torch 2.13 warns on every quantized-tensor creation; the paper's recipes and releases need them

@@ -137,8 +137,8 @@ def _finished_batches(path: Path, settings: dict) -> dict[str, list[dict]]:
 def _run_batch(model: WorldModel, planner: Planner | None, batch: list[tuple[str, int]], seed: int,
                episode_length: int | None, progress: bool, label: str, stop: Stop | None = None) -> list[dict]:
     """Episodes ``batch`` ((task, episode) pairs) in lock-step, acting with ``planner`` (None: the policy
-    prior); one row per episode. ``stop`` set (:func:`~tdmpc_opt_lib.runstate.preemption`): raise :class:`~tdmpc_opt_lib.runstate.Preempted` (the batch's
-    episodes are dropped; they run again from their start)."""
+    prior); one row per episode. ``stop`` set (:func:`~tdmpc_opt_lib.runstate.preemption`): raise
+    :class:`~tdmpc_opt_lib.runstate.Preempted` (the batch's episodes are dropped; they run again from their start)."""
     envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, e)) for t, e in batch]
     T = episode_length or envs[0].episode_length
     task = torch.tensor([env.task_id for env in envs])

@@ -384,7 +384,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
                 sums, n_last = {}, 0
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 guard.check(f"training {out}", saved)
-                run_state.save(step, model, learner, sampler, **({"sums": sums, "n_since_log": n_last} if n_last else {}))
+                between_rows = {"sums": sums, "n_since_log": n_last} if n_last else {}
+                run_state.save(step, model, learner, sampler, **between_rows)
                 saved = step
                 if stop and step < cfg.steps:
                     raise preempted(stop, f"training {out}", f"at step {step}")

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -30,12 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +120,8 @@ def test_non_finite_data_is_named_by_file_field_and_rows(dataset, tmp_path, caps
     assert main(["check-data", str(bad)]) == 2 and "'obs'" in capsys.readouterr().err
     assert main(["check-data", dataset]) == 0 and "valid" in capsys.readouterr().out
     # training on it stops at the first batch that reaches a bad row, before any update uses it
-    with pytest.raises(data.DatasetError, match=r"obs\.npy: field 'obs' has non-finite values \(NaN or infinity\) at rows \[(60|61|700)"):
+    with pytest.raises(data.DatasetError, match=r"obs\.npy: field 'obs' has non-finite values \(NaN or infinity\) "
+                                                r"at rows \[(60|61|700)"):
         training.train(_cfg(str(bad), tmp_path / "run", steps=200, batch_size=64), progress=False)
     assert not (tmp_path / "run" / "train.pt").exists()
 
@@ -406,8 +401,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_dataset(tmp_path):
     r = _python(FULL_DISK.replace("sys.argv[1]", repr(str(tmp_path))))
     lines = r.stdout.strip().splitlines()
     assert r.returncode == 0 and len(lines) == 2, r.stderr
-    assert lines[0].startswith(f"SaveError errno={errno.EFBIG}: ") and "ckpt.pt: File too large; the previous ckpt.pt " \
-        "is unchanged" in lines[0]
+    assert lines[0].startswith(f"SaveError errno={errno.EFBIG}: ")
+    assert "ckpt.pt: File too large; the previous ckpt.pt is unchanged" in lines[0]
     assert "ds: File too large; the previous ds is unchanged" in lines[1]
     assert torch.equal(torch.load(tmp_path / "ckpt.pt", weights_only=True)["w"], torch.zeros(10))
     assert data.Dataset.open(tmp_path / "ds", full_check=True).num_steps == 22
