@@ -7,6 +7,7 @@ as a dict) and ``"format"``; every file is read with ``torch.load(weights_only=T
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,34 +30,64 @@ class CheckpointError(ValueError):
     """A file that cannot be read as, or does not fit, the requested world model."""
 
 
-def atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class SaveError(OSError):
+    """A write that failed (disk full, file-size limit, read-only or forbidden folder); the file or folder it
+    was to replace is unchanged."""
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e`` (torch reports a failed write as a RuntimeError raised from it)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+@contextlib.contextmanager
+def reporting_write(path: str | os.PathLike):
+    """Turn an OSError (also one behind a torch error) raised in the block into a :class:`SaveError` naming
+    ``path``, its cause and what is left."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except SaveError:
         raise
+    except (OSError, RuntimeError) as e:
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        path = Path(path)
+        left = f"the previous {path.name} is unchanged" if path.exists() else f"{path.name} was not written"
+        raise SaveError(cause.errno, f"cannot write {path}: {cause.strerror or cause}; {left}") from e
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb"):
+    """A temporary file in ``path``'s folder, synced and renamed onto ``path`` when the block ends: a kill never
+    leaves half a file, and a failed write (:class:`SaveError`) leaves the previous one."""
+    path = Path(path)
+    with reporting_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a temporary file and a rename (readers never see half of it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a text file through :func:`atomic_file` (readers never see half of it)."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 # torch 2.13 warns on every quantized-tensor creation; the paper's recipes and releases need them
@@ -83,6 +114,7 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
+    check_zip(path)
     try:
         with warnings.catch_warnings():  # the paper's int8/mixed files hold torch quantized tensors (deprecated)
             warnings.filterwarnings("ignore", message=QUANTIZED_DEPRECATION)
@@ -100,15 +132,50 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a TD-MPC2 checkpoint ({{'model': state_dict}})")
 
 
+def check_zip(path: Path) -> None:
+    """For a zip-based torch file, compare every entry with its stored CRC-32 (torch does not): a flipped
+    byte gives a :class:`CheckpointError` instead of silently different weights."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as e:  # damaged headers: BadZipFile, zlib.error, ValueError, NotImplementedError, ...
+        raise CheckpointError(f"cannot read {path}: the file looks truncated or corrupted "
+                              f"({type(e).__name__}: {str(e)[:200]})") from e
+    if bad is not None:
+        raise CheckpointError(f"cannot read {path}: the file is corrupted (entry {bad} fails its CRC check)")
+
+
+def safetensors_digest(tensor_file: Path, config: dict) -> str:
+    """SHA-256 of a safetensors export: its tensor file's bytes and its config (without the digest)."""
+    h = hashlib.sha256(tensor_file.read_bytes())
+    h.update(json.dumps({k: v for k, v in config.items() if k != "sha256"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def read_safetensors(path: str | os.PathLike) -> dict:
     """Read a safetensors export folder (``quantize.export_safetensors``) as :func:`read_file` reads a file:
-    ``{"model": tensors, **config.json}``."""
+    ``{"model": tensors, **config.json}``; a digest in config.json (exports of this version) is checked."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+    tensors, config_file = path / "model.safetensors", path / "config.json"
+    if not config_file.is_file() or not tensors.is_file():
         raise CheckpointError(f"{path} is not a safetensors export (needs config.json and model.safetensors)")
-    return {"model": load_file(path / "model.safetensors"), **json.loads((path / "config.json").read_text())}
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_file} is malformed: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} is malformed: not a JSON object")
+    if "sha256" in config and config["sha256"] != safetensors_digest(tensors, config):
+        raise CheckpointError(f"{path} is corrupted: model.safetensors and config.json do not match their digest")
+    try:
+        model = load_file(tensors)
+    except Exception as e:  # safetensors' own error for a damaged header or size
+        raise CheckpointError(f"cannot read {tensors}: {type(e).__name__}: {str(e)[:200]}") from e
+    return {"model": model, **config}
 
 
 def detect_format(sd: dict) -> str:

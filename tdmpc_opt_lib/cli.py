@@ -18,9 +18,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .planner import PlannerConfig
 
     model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size)
+    progress = Path(f"{args.out}.part.json") if args.out else None      # finished batches, for a restart
     df = evaluate(model, args.tasks, args.episodes, args.seed, mpc=not args.no_mpc,
                   planner_cfg=PlannerConfig(num_samples=args.samples, iterations=args.iterations),
-                  batch_envs=args.batch_envs, compile=not args.no_compile)
+                  batch_envs=args.batch_envs, compile=not args.no_compile, resume=progress)
     print(task_table(df).to_string())
     mode = "policy prior (no MPC)" if args.no_mpc else "MPPI"
     print(f"\nnormalized score: {normalized_score(df):.2f}  ({len(df)} episodes, {df.task.nunique()} tasks, "
@@ -29,6 +30,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(out, index=False)
+        progress.unlink()
         print(f"wrote {out}")
 
 
@@ -107,6 +109,12 @@ def _convert_data(args: argparse.Namespace) -> None:
     print(convert_public(args.chunks, args.out, tasks=tasks, trust=args.trust))
 
 
+def _check_data(args: argparse.Namespace) -> None:
+    from .data import Dataset
+    ds = Dataset.open(args.dataset, full_check=True)
+    print(f"{args.dataset}: valid ({ds.summary()})")
+
+
 def _add_convert_data(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("convert-data", help="convert public TD-MPC2 chunk_*.pt files (pickles!) to the safe format")
     c.add_argument("chunks", nargs="+", help="chunk_*.pt files, in order (needs `pip install tensordict`)")
@@ -115,6 +123,10 @@ def _add_convert_data(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--trust", action="store_true",
                    help="confirm the chunks come from a trusted source (they are pickles)")
     c.set_defaults(func=_convert_data)
+    d = sub.add_parser("check-data", help="check a dataset folder fully (shapes, episodes, task ids, every value "
+                       "finite)")
+    d.add_argument("dataset")
+    d.set_defaults(func=_check_data)
 
 
 # --------------------------------------------------------------------------------------- quantize
@@ -230,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--iterations", type=int, default=6, help="MPPI iterations")
     ev.add_argument("--batch-envs", type=int, default=64, help="episodes planned together in lock-step")
     ev.add_argument("--no-compile", action="store_true", help="without the speed layer (fast.accelerate, torch.compile of the planner)")
-    ev.add_argument("--out", default=None, help="CSV of per-episode results")
+    ev.add_argument("--out", default=None, help="CSV of per-episode results; finished batches are kept in "
+                    "<out>.part.json until it is written, and a restart skips them")
     ev.set_defaults(func=_evaluate)
     _add_quantize(sub)
     _add_train(sub)
@@ -242,10 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; the exit status is 0 (done), 2 (a clear error), 3 (the run folder is in use) or 75
+    (stopped by SIGTERM / SIGINT with its state saved: run it again to resume)."""
+    from .checkpoints import SaveError
+    from .runstate import NonFiniteError, Preempted, RunLockedError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CheckpointError, ValueError) as e:
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return Preempted.exit_code
+    except RunLockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (CheckpointError, ValueError, NonFiniteError, SaveError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -8,18 +8,27 @@ stream is seeded with ``s``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import fast
+from . import checks, fast
+from .checkpoints import atomic_write_text
 from .envs import MultiTaskEnv
 from .planner import Planner, PlannerConfig
+from .runstate import Stop, preempted, preemption, run_lock
 from .world_model import WorldModel
+
+
+RESUME_FORMAT = "tdmpc_opt_eval_progress/1"
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -47,17 +56,18 @@ def policy_actions(model: WorldModel, obs: torch.Tensor, task: torch.Tensor) -> 
 
 def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: int = 2, seed: int = 0,
              mpc: bool = True, planner_cfg: PlannerConfig | None = None, batch_envs: int = 64,
-             compile: bool | None = None, episode_length: int | None = None, progress: bool = True) -> pd.DataFrame:
+             compile: bool | None = None, episode_length: int | None = None, progress: bool = True,
+             resume: str | os.PathLike | None = None) -> pd.DataFrame:
     """Run ``episodes`` per task; one row per episode: task, episode, seed, return, score, steps.
 
     ``episode_length`` shortens episodes (smoke runs only; scores are then not the protocol's).
     ``compile``: the speed layer (:func:`tdmpc_opt_lib.fast.accelerate`, a ``torch.compile``'d planner); on
-    unless ``TDMPC_OPT_COMPILE=0``.
+    unless ``TDMPC_OPT_COMPILE=0``. ``resume``: a JSON file that keeps the rows of finished batches (of
+    ``batch_envs`` episodes); a run killed, or stopped by SIGTERM / SIGINT (:class:`~tdmpc_opt_lib.runstate.Preempted`),
+    skips them when started again with the same settings and model.
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if batch_envs < 1:
-        raise ValueError(f"batch_envs must be >= 1, got {batch_envs}")
+    checks.check_values({"episodes": episodes, "seed": seed, "mpc": mpc, "batch_envs": batch_envs,
+                         "episode_length": episode_length})
     names = resolve_tasks(model, tasks)
     if compile is None:
         compile = os.environ.get("TDMPC_OPT_COMPILE", "1") != "0"
@@ -68,27 +78,75 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     # the speed layer for planning (same results to float rounding); the policy prior's few rows run as they are
     speed = compile and mpc
     runner = fast.accelerate(model) if speed else model
-    with fast.cpu_runtime(next(model.parameters()).device) if speed else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if speed:
+            stack.enter_context(fast.cpu_runtime(next(model.parameters()).device))
+        stop, done = None, {}
+        if resume is not None:
+            resume = Path(resume)
+            settings = {"tasks": names, "episodes": episodes, "seed": seed, "mpc": mpc, "batch_envs": batch_envs,
+                        "episode_length": episode_length, "compile": speed, "model": model_digest(model),
+                        "planner": dataclasses.asdict(planner_cfg or PlannerConfig()) if mpc else None}
+            stack.enter_context(run_lock(resume.parent, f"{resume.name}.lock"))
+            stop, done = stack.enter_context(preemption()), _finished_batches(resume, settings)
         for lo in range(0, len(jobs), batch_envs):
+            if str(lo) in done:
+                rows += done[str(lo)]
+                continue
             batch = jobs[lo:lo + batch_envs]
             planner = Planner(runner, planner_cfg, seed=seed + lo, compile=compile) if mpc else None
             rows += _run_batch(runner, planner, batch, seed, episode_length, progress,
-                               label=f"{lo + 1}-{lo + len(batch)}/{len(jobs)}")
+                               label=f"{lo + 1}-{lo + len(batch)}/{len(jobs)}", stop=stop)
+            if resume is not None:
+                done[str(lo)] = rows[-len(batch):]
+                atomic_write_text(resume, json.dumps({"format": RESUME_FORMAT, "settings": settings, "batches": done}))
     df = pd.DataFrame(rows)
     df.attrs.update(wall_s=time.perf_counter() - start, mpc=mpc, seed=seed)
     return df
 
 
+def model_digest(model: WorldModel) -> str:
+    """A hash of the model's tensors (a resumed evaluation must be of the same weights)."""
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        if isinstance(v, torch.Tensor):
+            v = v.dequantize() if v.is_quantized else v
+            h.update(v.detach().cpu().float().numpy().tobytes() if v.is_floating_point() else v.cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _finished_batches(path: Path, settings: dict) -> dict[str, list[dict]]:
+    """The rows of the batches a previous run with these settings finished (``{}`` for a fresh start)."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        saved = None
+    if not (isinstance(saved, dict) and saved.get("format") == RESUME_FORMAT
+            and isinstance(saved.get("settings"), dict) and isinstance(saved.get("batches"), dict)):
+        raise ValueError(f"{path} is not the progress file of an evaluation; delete it to start over")
+    diff = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
+    if diff:
+        raise ValueError(f"{path} holds the progress of another evaluation (different {', '.join(diff)}); "
+                         "delete it or give another path")
+    return saved["batches"]
+
+
 def _run_batch(model: WorldModel, planner: Planner | None, batch: list[tuple[str, int]], seed: int,
-               episode_length: int | None, progress: bool, label: str) -> list[dict]:
+               episode_length: int | None, progress: bool, label: str, stop: Stop | None = None) -> list[dict]:
     """Episodes ``batch`` ((task, episode) pairs) in lock-step, acting with ``planner`` (None: the policy
-    prior); one row per episode."""
+    prior); one row per episode. ``stop`` set (:func:`~tdmpc_opt_lib.runstate.preemption`): raise
+    :class:`~tdmpc_opt_lib.runstate.Preempted` (the batch's episodes are dropped; they run again from their start)."""
     envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, e)) for t, e in batch]
     T = episode_length or envs[0].episode_length
     task = torch.tensor([env.task_id for env in envs])
     obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
     returns = np.zeros(len(envs))
     for t in tqdm(range(T), desc=f"eval {label} episodes", disable=not progress, leave=False):
+        if stop:
+            raise preempted(stop, "evaluation", f"in episodes {label}")
         act = planner.plan(obs, task, t0=t == 0) if planner else policy_actions(model, obs, task)
         act = act.numpy().astype(np.float64)
         steps = [env.step(a) for env, a in zip(envs, act)]

@@ -25,7 +25,7 @@ def two_hot(x: torch.Tensor, num_bins: int, vmin: float, vmax: float) -> torch.T
     bin_size = (vmax - vmin) / (num_bins - 1)
     x = symlog(x).clamp(vmin, vmax)
     pos = (x - vmin) / bin_size
-    idx = pos.floor().long().clamp(max=num_bins - 1)
+    idx = pos.floor().long().clamp(0, num_bins - 1)      # NaN (a diverged model) gives NaN weights, not a bad index
     offset = (pos - idx).unsqueeze(-1)
     out = torch.zeros(*x.shape, num_bins, dtype=x.dtype, device=x.device)
     out.scatter_(-1, idx.unsqueeze(-1), 1 - offset)

@@ -20,25 +20,28 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import losses
+from . import checks, losses
 from . import fast
 from .checkpoints import CheckpointError, content_digest, load_checkpoint, save_checkpoint
 from .config import ModelConfig, model_config, task_set
 from .data import Dataset, WindowSampler
-from .runstate import MetricsCSV, RunState, accumulate, evaluate_score, run_settings
+from .runstate import (MetricsCSV, NumericalGuard, RunState, accumulate, evaluate_score, preempted, preemption,
+                       run_lock, run_settings)
 from .runstate import read_metrics  # noqa: F401  (notebooks read run logs as training.read_metrics)
 from .world_model import WorldModel
 
-DISTILL_KINDS = ("reward", "latent-linear", "latent-pca")
+DISTILL_KINDS = checks.DISTILL_KINDS
 TRAIN_FORMAT = "tdmpc_opt_train/1"
 METRICS = ("consistency", "reward", "value", "distill", "latent_distill", "total", "grad_norm",
            "pi", "pi_grad_norm", "pi_scale", "pi_entropy")
 CSV_COLUMNS = ("step", *METRICS, "updates_per_s", "wall_s", "eval_score")
+GUARDED = ("consistency", "reward", "value", "distill", "latent_distill", "grad_norm", "pi", "pi_grad_norm")
 
 
 @dataclass(kw_only=True)
@@ -71,6 +74,11 @@ class UpdateConfig:
     """Weight of the distillation term: 0 trains from scratch (paper best 0.4, release 0.45)."""
     distill: str = "reward"
     """What is distilled: 'reward' (TD-MPC-Opt), or 'latent-linear' / 'latent-pca' (reward and next latent)."""
+
+    rules: ClassVar[dict[str, checks.Rule]] = {}     # rules that differ from checks.RULES
+
+    def __post_init__(self) -> None:
+        checks.check_values({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, self.rules)
 
 
 @dataclass(kw_only=True)
@@ -114,6 +122,8 @@ class TrainConfig(UpdateConfig):
     TDMPC_OPT_COMPILE=0."""
     device: str = "cpu"
     """Torch device of the model and the batches."""
+
+    rules: ClassVar[dict[str, checks.Rule]] = {"model_size": checks.optional(checks.RULES["model_size"])}
 
 
 # Settings that may change when a run is resumed (everything else must match the checkpoint).
@@ -335,40 +345,52 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
 
     out = Path(cfg.out)
     run_state = RunState(out / "train.pt", TRAIN_FORMAT, _run_config(cfg))
-    state = run_state.load(device)
-    if state is not None:
-        step = run_state.restore(state, model, learner, sampler)
-    else:
-        step = 0
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        if projection is not None and projection.kind == "latent-pca":
-            fit_pca_projection(projection, learner.teacher, ds, cfg.pca_samples, cfg.seed)   # as training sees it
-    log = MetricsCSV(out / "metrics.csv", CSV_COLUMNS, keep_until=step)
+    guard = NumericalGuard(GUARDED)
+    with run_lock(out), preemption() as stop:
+        state = run_state.load(device)
+        sums: dict[str, torch.Tensor] = {}
+        n_last = 0
+        if state is not None:
+            step = saved = run_state.restore(state, model, learner, sampler)
+            sums, n_last = state.get("sums", {}), state.get("n_since_log", 0)   # set when stopped between log rows
+        else:
+            step = saved = 0
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+            if projection is not None and projection.kind == "latent-pca":
+                fit_pca_projection(projection, learner.teacher, ds, cfg.pca_samples, cfg.seed)   # as training sees it
+        log = MetricsCSV(out / "metrics.csv", CSV_COLUMNS, keep_until=step)
 
-    sums: dict[str, torch.Tensor] = {}
-    t_last, n_last, start = time.perf_counter(), 0, time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
-    while step < cfg.steps:
-        batch = {k: v.to(device, non_blocking=True) for k, v in sampler.sample().items()}
-        with fast.cpu_runtime(device):
-            accumulate(sums, learner.update(**batch))
-        step += 1
-        n_last += 1
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            row = {"step": step, **{k: float(v) / n_last for k, v in sums.items()},
-                   "wall_s": time.perf_counter() - start, "updates_per_s": n_last / (time.perf_counter() - t_last)}
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                row["eval_score"] = evaluate_score(model, cfg.tasks, cfg.eval_episodes, cfg.seed, mpc=cfg.eval_mpc,
-                                                   episode_length=cfg.eval_episode_length)
-            log.append(row)
-            bar.set_postfix(total=f"{row['total']:.3f}", ups=f"{row['updates_per_s']:.1f}")
-            sums, n_last = {}, 0
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            run_state.save(step, model, learner, sampler)
-        if n_last == 0:
-            t_last = time.perf_counter()
-    bar.close()
-    save_checkpoint(model, out / "model.pt", step=step)
+        t_last, start = time.perf_counter(), time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+        while step < cfg.steps:
+            batch = {k: v.to(device, non_blocking=True) for k, v in sampler.sample().items()}
+            with fast.cpu_runtime(device):
+                metrics = learner.update(**batch)
+            step += 1
+            guard.watch(step, metrics)
+            accumulate(sums, metrics)
+            n_last += 1
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                guard.check(f"training {out}", saved)
+                row = {"step": step, **{k: float(v) / n_last for k, v in sums.items()},
+                       "wall_s": time.perf_counter() - start,
+                       "updates_per_s": n_last / (time.perf_counter() - t_last)}
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    row["eval_score"] = evaluate_score(model, cfg.tasks, cfg.eval_episodes, cfg.seed,
+                                                       mpc=cfg.eval_mpc, episode_length=cfg.eval_episode_length)
+                log.append(row)
+                bar.set_postfix(total=f"{row['total']:.3f}", ups=f"{row['updates_per_s']:.1f}")
+                sums, n_last = {}, 0
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                guard.check(f"training {out}", saved)
+                between_rows = {"sums": sums, "n_since_log": n_last} if n_last else {}
+                run_state.save(step, model, learner, sampler, **between_rows)
+                saved = step
+                if stop and step < cfg.steps:
+                    raise preempted(stop, f"training {out}", f"at step {step}")
+            if n_last == 0:
+                t_last = time.perf_counter()
+        bar.close()
+        save_checkpoint(model, out / "model.pt", step=step)
     return model

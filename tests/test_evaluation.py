@@ -52,4 +52,4 @@ def test_cli_errors_are_clear(shared_dir, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(shared_dir / FP16), "--tasks", "walker-wlak", "--no-mpc"]) == 2
     assert "unknown task 'walker-wlak'" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(shared_dir / FP16), "--episodes", "0", "--no-mpc"]) == 2
-    assert "episodes must be >= 1" in capsys.readouterr().err
+    assert "'episodes' must be an integer >= 1, got 0" in capsys.readouterr().err

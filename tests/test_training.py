@@ -17,13 +17,7 @@ TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16, task_dim=8)
 TEACHER = dict(enc_dim=48, mlp_dim=48, latent_dim=24, task_dim=4, num_q=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and does not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,13 @@ def read_public_chunk(path: str | os.PathLike, trust: bool = False) -> dict[str,
     out["task"] = out["task"].reshape(E, T1)
     if not bool((out["task"] == out["task"][:, :1]).all()):
         raise DatasetError(f"{path}: an episode changes task mid-way")
+    for k in ("obs", "action", "reward"):      # actions and rewards of an episode's first step are NaN by design
+        x = out[k].reshape(E, T1, -1)
+        bad = ~torch.isfinite(x if k == "obs" else x[:, 1:]).all(-1)
+        if bad.any():
+            e, t = (int(i) for i in bad.nonzero()[0])
+            raise DatasetError(f"{path}: field {k!r} has non-finite values (NaN or infinity) in {int(bad.sum())} "
+                               f"steps, the first at episode {e}, step {t + (k != 'obs')}; not converted")
     return out
 
 

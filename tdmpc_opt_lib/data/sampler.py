@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .storage import Dataset, EpisodeBuffer
+from .storage import Dataset, EpisodeBuffer, non_finite_error
 
 
 class WindowSampler:
@@ -61,8 +61,17 @@ class WindowSampler:
         obs = np.asarray(self.ds.obs[rows]).reshape(H + 1, B, -1)
         action = np.asarray(self.ds.action[rows]).reshape(H + 1, B, -1)[1:]
         reward = np.asarray(self.ds.reward[rows]).reshape(H + 1, B, 1)[1:]
+        for field, x in (("obs", obs), ("action", action), ("reward", reward)):
+            if not np.isfinite(x).all():           # microseconds; a full scan: Dataset.open(path, full_check=True)
+                self._refuse(field, x, rows.reshape(H + 1, B)[0 if field == "obs" else 1:])
         return {"obs": torch.from_numpy(obs), "action": torch.from_numpy(action),
                 "reward": torch.from_numpy(reward), "task": torch.from_numpy(np.asarray(self.ds.episode_task)[ep])}
+
+    def _refuse(self, field: str, x: np.ndarray, rows: np.ndarray) -> None:
+        """Raise the dataset's error for the non-finite ``x`` (gathered from ``rows``)."""
+        bad = np.zeros(self.ds.num_steps, bool)
+        bad[rows[~np.isfinite(x).reshape(*rows.shape, -1).all(-1)]] = True
+        raise non_finite_error(self.ds, field, bad)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

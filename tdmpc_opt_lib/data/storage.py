@@ -13,6 +13,7 @@ executes on load)::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -22,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..checkpoints import reporting_write
 
 FORMAT = "tdmpc_opt_dataset"
 VERSION = 1
@@ -66,8 +69,10 @@ class Dataset:
                 f"obs {self.obs_dim}, action {self.action_dim}")
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Dataset":
-        """Memory-map a dataset folder, checking the index and every array's dtype and shape."""
+    def open(cls, path: str | os.PathLike, full_check: bool = False) -> "Dataset":
+        """Memory-map a dataset folder, checking the index, every array's dtype and shape, the episode
+        boundaries, the task ids and the checksums of the small files; ``full_check`` also reads every value
+        (:func:`check_finite`)."""
         path = Path(path)
         index_file = path / "index.json"
         if not index_file.is_file():
@@ -82,6 +87,8 @@ class Dataset:
         if index["format"] != FORMAT or index["version"] != VERSION:
             raise DatasetError(f"{index_file}: unsupported format {index['format']!r} version {index['version']} "
                                f"(this library reads {FORMAT!r} version {VERSION})")
+        _check_index(index, index_file)
+        _check_sums(path)
         S, E = index["steps"], index["episodes"]
         expected = {"obs": ((S, index["obs_dim"]), np.float32), "action": ((S, index["action_dim"]), np.float32),
                     "reward": ((S,), np.float32), "episode_task": ((E,), np.int64),
@@ -91,6 +98,8 @@ class Dataset:
                   for name, (shape, dtype) in expected.items()}
         ds = cls(**arrays, tasks=index["tasks"], path=path)
         _check_episodes(ds, path)
+        if full_check:
+            check_finite(ds)
         return ds
 
 
@@ -128,15 +137,102 @@ def _load_npy(file: Path, shape: tuple[int, ...], dtype, advice: int | None = No
     return arr
 
 
+def _check_index(index: dict, file: Path) -> None:
+    """Types and ranges of the index's entries."""
+    ints = {k: index[k] for k in ("obs_dim", "action_dim", "episodes", "steps")}
+    bad = [k for k, v in ints.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    if bad:
+        raise DatasetError(f"{file}: {', '.join(bad)} must be integers >= 0, got {ints}")
+    if not isinstance(index["tasks"], list) or not all(isinstance(t, str) for t in index["tasks"]):
+        raise DatasetError(f"{file}: tasks must be a list of task names")
+    if "transitions" in index and index["transitions"] != index["steps"] - index["episodes"]:
+        raise DatasetError(f"{file}: transitions {index['transitions']} != steps {index['steps']} - episodes "
+                           f"{index['episodes']}")
+
+
+SUMS = "checksums.json"
+SUMMED = ("index.json", "episode_task.npy", "episode_offset.npy", "episode_length.npy")
+
+
+def _file_sums(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in SUMMED}
+
+
+def _check_sums(path: Path) -> None:
+    """Compare the small files with ``checksums.json`` (written since this version; older folders have none)."""
+    file = path / SUMS
+    if not file.is_file():
+        return
+    try:
+        sums = json.loads(file.read_text())
+        if not isinstance(sums, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{file} is malformed: {e}") from e
+    for name in SUMMED:
+        if (path / name).is_file() and hashlib.sha256((path / name).read_bytes()).hexdigest() != sums.get(name):
+            raise DatasetError(f"{path / name} does not match its checksum in {SUMS}: the file is damaged")
+
+
+def _rows(mask: np.ndarray, first: int = 0, n: int = 5) -> str:
+    rows = np.flatnonzero(mask)
+    return f"rows {(rows[:n] + first).tolist()}" + (f" ({len(rows)} in all)" if len(rows) > n else "")
+
+
 def _check_episodes(ds: Dataset, path: Path) -> None:
     lengths, offsets = np.asarray(ds.episode_length), np.asarray(ds.episode_offset)
-    if ds.num_episodes and (lengths.min() < 1 or offsets[0] != 0 or np.any(offsets[1:] != np.cumsum(lengths)[:-1])
-                            or ds.num_steps != len(ds.obs)):
-        raise DatasetError(f"{path}: episode_offset/episode_length are inconsistent with each other or with "
-                           f"the {len(ds.obs)} stored steps")
+    if ds.num_episodes:
+        ends = np.cumsum(lengths)
+        checks = (("episode_length", lengths < 1, "episode lengths must be >= 1"),
+                  ("episode_offset", offsets != np.concatenate([[0], ends[:-1]]),
+                   "each episode must start where the previous one ends"))
+        for name, bad, rule in checks:
+            if bad.any():
+                raise DatasetError(f"{path / (name + '.npy')}: {rule}; first bad {_rows(bad)}")
+        if ends[-1] != len(ds.obs):
+            raise DatasetError(f"{path / 'episode_length.npy'}: the episodes cover {ends[-1]} steps, the arrays "
+                               f"hold {len(ds.obs)}")
     task = np.asarray(ds.episode_task)
-    if len(task) and (task.min() < 0 or task.max() >= len(ds.tasks)):
-        raise DatasetError(f"{path}: episode_task has values outside [0, {len(ds.tasks)})")
+    bad = (task < 0) | (task >= len(ds.tasks))
+    if bad.any():
+        raise DatasetError(f"{path / 'episode_task.npy'}: task ids must be in [0, {len(ds.tasks)}); first bad "
+                           f"{_rows(bad)}")
+
+
+def _first_rows(ds: Dataset, lo: int, hi: int) -> np.ndarray:
+    """Mask of the rows ``lo..hi-1`` that begin an episode (their action and reward are NaN by design)."""
+    mask = np.zeros(hi - lo, bool)
+    off = np.asarray(ds.episode_offset)
+    off = off[(off >= lo) & (off < hi)]
+    mask[off - lo] = True
+    return mask
+
+
+def non_finite_error(ds: Dataset, field: str, bad: np.ndarray, first: int = 0) -> "DatasetError":
+    """The error for non-finite values of ``field`` at the rows where ``bad`` (from row ``first``) is set."""
+    where = ds.path / f"{field}.npy" if ds.path is not None else f"the in-memory dataset's {field}"
+    return DatasetError(f"{where}: field {field!r} has non-finite values (NaN or infinity) at {_rows(bad, first)}")
+
+
+def check_finite(ds: Dataset, block: int = 1 << 20) -> None:
+    """Read every row in use: observations must be finite everywhere, actions and rewards on every row but
+    an episode's first. Raises :class:`DatasetError` naming the file, the field and the first bad rows."""
+    for field in ("obs", "action", "reward"):
+        arr = getattr(ds, field)
+        bad_rows = []
+        for lo in range(0, ds.num_steps, block):
+            hi = min(lo + block, ds.num_steps)
+            bad = ~np.isfinite(np.asarray(arr[lo:hi]))
+            bad = bad.reshape(hi - lo, -1).any(1)
+            if field != "obs":
+                bad &= ~_first_rows(ds, lo, hi)
+            if bad.any():
+                bad_rows.append(np.flatnonzero(bad) + lo)
+        if bad_rows:
+            rows = np.concatenate(bad_rows)
+            mask = np.zeros(ds.num_steps, bool)
+            mask[rows] = True
+            raise non_finite_error(ds, field, mask)
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -180,8 +276,9 @@ class DatasetWriter:
         self.out = Path(out_dir)
         if self.out.exists() and not overwrite:
             raise FileExistsError(f"{self.out} already exists (pass overwrite=True to replace it)")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
+        with reporting_write(self.out):
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
         self.tasks, self.obs_dim, self.action_dim = list(tasks), obs_dim, action_dim
         self.files = {"obs": _NpyAppender(self.tmp / "obs.npy", np.float32, (obs_dim,)),
                       "action": _NpyAppender(self.tmp / "action.npy", np.float32, (action_dim,)),
@@ -221,6 +318,7 @@ class DatasetWriter:
                  "action_dim": self.action_dim, "episodes": int(len(length)), "steps": int(length.sum()),
                  "transitions": int((length - 1).sum())}
         (self.tmp / "index.json").write_text(json.dumps(index, indent=1))
+        (self.tmp / SUMS).write_text(json.dumps(_file_sums(self.tmp), indent=1))
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
@@ -239,10 +337,20 @@ class DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        """Publish, or on an error remove the temporary folder; a failed write (disk full, read-only folder)
+        is re-raised as a SaveError naming the destination and the cause."""
+        if exc_type is not None:
             self.abort()
+            if isinstance(exc, OSError):
+                with reporting_write(self.out):
+                    raise exc
+            return
+        try:
+            with reporting_write(self.out):
+                self.close()
+        except BaseException:
+            self.abort()
+            raise
 
 
 def _pad(x: np.ndarray, width: int) -> np.ndarray:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import FORMAT, CheckpointError, atomic_save, build_model, to_public
+from ..checkpoints import (FORMAT, CheckpointError, atomic_save, atomic_write_text, build_model, reporting_write,
+                           safetensors_digest, to_public)
 from ..config import TaskSet
 from ..world_model import WorldModel
 from .calibration import Inputs, calibration_hessians
@@ -103,8 +104,11 @@ def export_safetensors(model: WorldModel, scheme: str, out_dir: str | os.PathLik
                                hessians=hessians)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in obj["model"].items()}, out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps({k: v for k, v in obj.items() if k != "model"}, indent=1))
+    with reporting_write(out / "model.safetensors"):
+        save_file({k: v.contiguous() for k, v in obj["model"].items()}, out / "model.safetensors")
+    config = {k: v for k, v in obj.items() if k != "model"}
+    config["sha256"] = safetensors_digest(out / "model.safetensors", config)
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1))
     return out
 
 

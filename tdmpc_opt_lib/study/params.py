@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 
-from ..config import MODEL_SIZES, MT30, MT_MINI
+from .. import checks
+from ..config import MT30, MT_MINI
 from ..quantize import SCHEMES
-from ..training import DISTILL_KINDS
 
 PROFILES = ("smoke", "default", "paper")
 REPO = Path(__file__).resolve().parents[2]
@@ -50,29 +50,9 @@ class Found:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _seed(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _bool(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
 def _tasks(v: Any) -> bool:
     names = v.split(",") if isinstance(v, str) else v
     return v is None or v == "all" or (isinstance(names, (list, tuple)) and all(n.strip() in MT30 for n in names))
-
-
-def _list_of(v: Any, check: Callable[[Any], bool]) -> bool:
-    return isinstance(v, (list, tuple)) and all(check(x) for x in v)
 
 
 def _file_or_none(v: Any) -> bool:
@@ -91,23 +71,18 @@ def _dataset(v: Any) -> bool:
 
 _TASKS = (_tasks, "None, 'all', or MT30 task names (list or comma string)")
 _FILE = (_file_or_none, "None or an existing checkpoint file")
-_POSITIVE = (_positive_int, "an integer >= 1")
-_BOOL = (_bool, "True or False")
-# parameter name -> (check, what it must be); a name means the same in every notebook
-CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+_POSITIVE = checks.POSITIVE
+_BOOL = checks.BOOL
+# parameter name -> (check, what it must be); a name means the same in every notebook, and as a library or
+# command-line setting (checks.RULES)
+CHECKS: dict[str, checks.Rule] = {
+    **{k: checks.RULES[k] for k in ("episodes", "episode_length", "seed", "mpc", "d_coef", "steps", "batch_size",
+                                    "model_size", "distill", "threads", "eval_episodes", "eval_mpc")},
     "profile": (lambda v: v in PROFILES, f"one of {PROFILES}"),
-    "episodes": _POSITIVE,
-    "episode_length": (lambda v: v is None or (_positive_int(v) and v <= 500), "None or an integer in 1..500"),
-    "seed": (_seed, "an integer >= 0"),
-    "mpc": _BOOL,
     "tasks": _TASKS,
     "teacher": _FILE,
     "released": _FILE,
     "checkpoint": _FILE,
-    "d_coef": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "steps": _POSITIVE,
-    "batch_size": _POSITIVE,
-    "model_size": (lambda v: v in MODEL_SIZES, f"one of {sorted(MODEL_SIZES)}"),
     "num_samples": _POSITIVE,
     "iterations": _POSITIVE,
     "out_dir": (lambda v: isinstance(v, (str, Path)), "a folder path"),
@@ -115,24 +90,20 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
                           "--stage data`; for MT30: `python -m tdmpc_opt_lib convert-data`)"),
     "source": (lambda v: v is None or Path(v).is_dir(), "None or the folder of a generated dataset (data/mt-mini)"),
     "generate": _BOOL,
-    "distill": (lambda v: v in DISTILL_KINDS, f"one of {DISTILL_KINDS}"),
-    "threads": (lambda v: v is None or _positive_int(v), "None (torch's default) or an integer >= 1"),
     "summary": _BOOL,
-    "eval_episodes": _POSITIVE,
-    "eval_mpc": _BOOL,
-    "d_coefs": (lambda v: _list_of(v, lambda x: _number(x) and x >= 0), "a list of numbers >= 0"),
-    "variants": (lambda v: _list_of(v, lambda x: x in DISTILL_KINDS), f"a list of {DISTILL_KINDS}"),
-    "batch_sizes": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
-    "step_counts": (lambda v: _list_of(v, _positive_int), "a list of integers >= 1"),
-    "teachers": (lambda v: _list_of(v, lambda x: Path(x).is_file()), "a list of existing checkpoint files"),
-    "seeds": (lambda v: _list_of(v, _seed) and len(v) >= 1 and len(set(v)) == len(v),
+    "d_coefs": (lambda v: checks.list_of(v, checks.RULES['d_coef'][0]), "a list of numbers >= 0"),
+    "variants": (lambda v: checks.list_of(v, checks.RULES['distill'][0]), f"a list of {checks.DISTILL_KINDS}"),
+    "batch_sizes": (lambda v: checks.list_of(v, checks.positive_int), "a list of integers >= 1"),
+    "step_counts": (lambda v: checks.list_of(v, checks.positive_int), "a list of integers >= 1"),
+    "teachers": (lambda v: checks.list_of(v, lambda x: Path(x).is_file()), "a list of existing checkpoint files"),
+    "seeds": (lambda v: checks.list_of(v, checks.non_negative_int) and len(v) >= 1 and len(set(v)) == len(v),
               "a non-empty list of distinct integers >= 0"),
     "jobs": _POSITIVE,
-    "schemes": (lambda v: v == "all" or _list_of(v, lambda x: x in SCHEMES), f"'all' or a list of {SCHEMES}"),
+    "schemes": (lambda v: v == "all" or checks.list_of(v, lambda x: x in SCHEMES), f"'all' or a list of {SCHEMES}"),
     "released_tasks": _TASKS,
     "latency_steps": _POSITIVE,
     "render": _BOOL,
-    "frame_steps": (lambda v: _list_of(v, lambda x: isinstance(x, int) and 0 <= x < 500) and len(v) >= 1,
+    "frame_steps": (lambda v: checks.list_of(v, lambda x: isinstance(x, int) and 0 <= x < 500) and len(v) >= 1,
                     "a non-empty list of step indices in 0..499"),
 }
 
@@ -153,7 +124,7 @@ class Params:
             v = getattr(self, f.name)
             check, want = CHECKS[f.name]
             if isinstance(v, Found) or not check(v):
-                raise ValueError(f"{self.notebook}: parameter {f.name!r} must be {want}, got {v!r}")
+                raise ValueError(f"{self.notebook}: parameter {checks.problem(f.name, v, (check, want))}")
         d_coef, teacher = getattr(self, "d_coef", 0), getattr(self, "teacher", "")
         if d_coef > 0 and teacher is None:
             raise ValueError(f"{self.notebook}: d_coef {d_coef} > 0 needs a teacher checkpoint (parameter 'teacher'; "
