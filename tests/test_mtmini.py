@@ -20,6 +20,7 @@ MICRO = mtmini.Settings(
                 checkpoint_every=100, planner=PLANNER),
     teacher=dict(model_size=None, model_overrides={**TINY, "task_dim": 8}, steps=4, batch_size=16, log_every=2,
                  checkpoint_every=2),
+    teacher_continued=dict(steps=3, batch_size=8, seed=2),
     student=dict(model_size=None, model_overrides={**TINY, "task_dim": 4}, steps=4, batch_size=16, seed=1, log_every=2,
                  checkpoint_every=2),
     eval_episodes=2, prior_episodes=1, mppi_episodes=1, eval_planner=PLANNER,
@@ -76,10 +77,22 @@ def test_teacher_file_is_fp16_and_loads(built):
     out, work, summary = built
     raw = torch.load(out / "teacher.pt", weights_only=True)["model"]
     assert {v.dtype for v in raw.values()} == {torch.float16}
-    teacher, full = load_checkpoint(out / "teacher.pt"), load_checkpoint(work / "teacher" / "model.pt")
+    teacher, full = load_checkpoint(out / "teacher.pt"), load_checkpoint(work / "teacher-continued" / "model.pt")
     assert teacher.cfg.tasks.tasks == TASKS and next(teacher.parameters()).dtype == torch.float32
     assert 0 < mtmini.fp16_error(full, teacher) < 1e-2
     assert summary["teacher"]["max_abs_fp16_error"] == mtmini.fp16_error(full, teacher)
+
+
+def test_teacher_is_trained_in_two_phases(built):
+    """Phase 2 starts from phase 1's fp16 file with its own batch size and seed; both are recorded."""
+    out, work, summary = built
+    second = json.loads((work / "teacher-continued" / "config.json").read_text())
+    assert (second["steps"], second["batch_size"], second["seed"]) == (3, 8, 2)
+    assert second["init_from"] == str((work / "teacher-phase1.pt").resolve())
+    phase1 = summary["teacher"]["phase1"]
+    assert (phase1["settings"]["steps"], phase1["settings"]["batch_size"]) == (4, 16) and phase1["train_wall_s"] > 0
+    assert load_checkpoint(work / "teacher-phase1.pt").cfg.task_dim == 8
+    assert "4 updates of batch 16 (seed 1" in (out / "README.md").read_text()
 
 
 def test_complete_tasks_are_skipped_and_a_deleted_score_reruns_its_task(built, monkeypatch):
