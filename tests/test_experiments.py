@@ -38,6 +38,11 @@ def test_run_names_follow_content_not_paths(params, tmp_path):
     scratch = replace(params, d_coef=0.0)
     assert experiments.run_name(scratch).startswith("scratch-d0-")
     assert experiments.run_name(replace(scratch, teacher=None)) == experiments.run_name(scratch)  # teacher unused
+    # the planner setting counts only when the evaluation plans
+    assert experiments.run_name(replace(params, num_samples=64)) == name
+    planned = replace(params, eval_mpc=True)
+    assert experiments.run_name(replace(planned, num_samples=64)) != experiments.run_name(planned)
+    assert experiments.eval_seed(params) == params.seed
 
 
 def test_grid_varies_one_axis_at_a_time_without_duplicates():
@@ -61,6 +66,7 @@ def test_over_seeds_averages_each_configuration():
     distilled, scratch = out.iloc[0], out.iloc[1]
     assert distilled.score == 32.0 and distilled["task:x"] == 24.0 and distilled.train_s == 11.0
     assert distilled.score_se == pytest.approx(2.0)        # std (ddof 1) 2·√2 over √2 seeds
+    assert distilled.score_ci95 == pytest.approx(12.706204736 * 2.0)      # t(0.975, 1) · s.e.
     assert scratch.score == 25.0 and pd.isna(scratch.score_se) and pd.isna(scratch.teacher)
     assert "seed" not in out and "run" not in out
     assert experiments.over_seeds(runs.iloc[:0]).empty

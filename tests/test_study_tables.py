@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tdmpc_opt_lib.study import composition, quantization, report, task_analysis, teacher_scores
+from tdmpc_opt_lib.planner import PlannerConfig
+from tdmpc_opt_lib.study import composition, mtmini, quantization, report, task_analysis, teacher_scores
 from tdmpc_opt_lib.study.params import MT_MINI_DIR, QuantizationParams, TaskAnalysisParams
 
 
@@ -29,7 +30,9 @@ def test_generation_record_of_the_committed_mt_mini_build(tmp_path):
 def test_teacher_planner_rule_and_score_tables():
     assert (teacher_scores.planner_config(512, 6).num_elites, teacher_scores.planner_config(512, 6).num_pi_trajs) == (64, 24)
     small = teacher_scores.planner_config(64, 2)
-    assert (small.num_samples, small.iterations, small.num_elites, small.num_pi_trajs) == (64, 2, 16, 8)
+    assert (small.num_samples, small.iterations, small.num_elites, small.num_pi_trajs) == (64, 2, 8, 4)
+    # the committed MT-mini build's evaluation setting follows the same rule
+    assert teacher_scores.planner_config(256, 4) == PlannerConfig(**mtmini.EVAL_PLANNER)
     results = {"teacher": pd.DataFrame({"task": ["a", "a", "b"], "score": [10.0, 20.0, 40.0]}),
                "released student": pd.DataFrame({"task": ["a", "b"], "score": [5.0, 7.0]})}
     table, summary = teacher_scores.scores(results)

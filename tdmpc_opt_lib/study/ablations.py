@@ -26,12 +26,15 @@ def base_point(P: AblationParams) -> dict[str, Any]:
 
 def points(P: AblationParams) -> list[dict[str, Any]]:
     """Every run of the sweep: Table 1 (d_coef, latent variants, teachers) around the base point, Table 2 (batch
-    size, steps) from scratch and distilled, each grid point once per training seed."""
+    size, steps) from scratch and distilled; the main comparison (the base point and from scratch) once per seed of
+    ``seeds``, every other grid point once per seed of ``other_seeds``; seed by seed."""
     base = base_point(P)
     found = grid(base, d_coef=P.d_coefs, distill=P.variants, teacher=P.teachers)
     found += grid({**base, "d_coef": 0.0}, batch_size=P.batch_sizes, steps=P.step_counts)
     found += grid(base, batch_size=P.batch_sizes, steps=P.step_counts)
-    return [{**p, "seed": s} for s in P.seeds for p in found]
+    main = [base, {**base, "d_coef": 0.0}]
+    seeds = list(dict.fromkeys([*P.seeds, *P.other_seeds]))
+    return [{**p, "seed": s} for s in seeds for p in found if s in (P.seeds if p in main else P.other_seeds)]
 
 
 def points_table(points: list[dict[str, Any]]) -> pd.DataFrame:
@@ -59,11 +62,15 @@ def at_base(means: pd.DataFrame, P: AblationParams) -> pd.DataFrame:
                  & means.teacher.isin(["-", main_teacher(P)])]
 
 
+def paper_d_coef_curve() -> pd.DataFrame:
+    """The paper's Table 1 along d_coef (0 = from scratch), labelled for :func:`~.plots.ablation`."""
+    t1 = paper.table(1)
+    return t1[t1.d_coef.notna()].assign(label=D_COEF_CURVE)
+
+
 def d_coef_curves(base_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(ours, the paper's) score along d_coef with reward distillation, for :func:`~.plots.ablation`."""
-    t1 = paper.table(1)
-    return (base_rows[base_rows.distill == "reward"].assign(label=D_COEF_CURVE),
-            t1[t1.d_coef.notna()].assign(label=D_COEF_CURVE))
+    return base_rows[base_rows.distill == "reward"].assign(label=D_COEF_CURVE), paper_d_coef_curve()
 
 
 def table1(base_rows: pd.DataFrame) -> pd.DataFrame:

@@ -24,12 +24,18 @@ import pandas as pd
 from .. import training
 from ..checkpoints import atomic_write_text, content_digest
 from ..evaluation import evaluate, normalized_score, task_table
-from ..planner import PlannerConfig
-from .params import DistillParams, resolve
+from . import stats
+from .params import DistillParams, planner_config, resolve
 
 RUN_KEYS = ("d_coef", "distill", "steps", "batch_size", "model_size", "seed", "teacher", "dataset",
-            "eval_episodes", "eval_mpc", "episode_length")
-EVAL_SEED = 0  # every model is evaluated on the same environment seeds
+            "eval_episodes", "eval_mpc", "num_samples", "iterations", "episode_length")
+
+
+def eval_seed(P: DistillParams) -> int:
+    """The evaluation's seed (environment seeds ``1000 · seed + episode``): the training seed, so the students of
+    one training seed are all evaluated on the same episodes (paired), and each training seed draws other ones (the
+    interval over seeds then covers which episodes were drawn)."""
+    return P.seed
 
 
 def run_key(P: DistillParams) -> dict[str, Any]:
@@ -37,6 +43,8 @@ def run_key(P: DistillParams) -> dict[str, Any]:
     key = {k: getattr(P, k) for k in RUN_KEYS}
     key["teacher"] = content_digest(P.teacher) if P.d_coef > 0 else None
     key["dataset"] = content_digest(P.dataset)
+    if not P.eval_mpc:
+        key["num_samples"] = key["iterations"] = None      # no planner in the evaluation
     return key
 
 
@@ -69,8 +77,10 @@ def train_config(P: DistillParams) -> training.TrainConfig:
 
 
 def evaluate_run(model, P: DistillParams) -> pd.DataFrame:
-    """Per-episode scores with the run's evaluation protocol (policy prior or MPPI, seed :data:`EVAL_SEED`)."""
-    return evaluate(model, None, P.eval_episodes, EVAL_SEED, mpc=P.eval_mpc, planner_cfg=PlannerConfig(),
+    """Per-episode scores with the run's evaluation protocol (policy prior, or MPPI with ``num_samples`` x
+    ``iterations``; the episodes of :func:`eval_seed`)."""
+    return evaluate(model, None, P.eval_episodes, eval_seed(P), mpc=P.eval_mpc,
+                    planner_cfg=planner_config(P.num_samples, P.iterations),
                     episode_length=P.episode_length, progress=False)
 
 
@@ -135,8 +145,9 @@ PER_RUN = ("seed", "run", "cached", "finished", "teacher_path", "score", "train_
 def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration of ``runs`` (rows of :func:`collect` or :func:`run_grid`: every column not in
     :data:`PER_RUN` and not a ``task:`` score identifies it), averaged over its seeds: ``score`` (mean normalized
-    score), ``score_se`` (standard error of that mean over the seeds; NaN for a single seed), ``seeds`` (how
-    many), the ``task:`` means and the mean ``train_s``. Configurations keep the order of their first run."""
+    score), ``score_se`` (standard error of that mean over the seeds; NaN for a single seed), ``score_ci95`` (the
+    half-width of its 95 % t-interval, :mod:`.stats`), ``seeds`` (how many), the ``task:`` means and the mean
+    ``train_s``. Configurations keep the order of their first run."""
     if runs.empty:
         return runs
     tasks = [c for c in runs.columns if c.startswith("task:")]
@@ -145,7 +156,8 @@ def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
     out = groups[["score", *tasks, *(["train_s"] if "train_s" in runs else [])]].mean()
     n = groups.size()
     out.insert(1, "score_se", groups["score"].std(ddof=1) / np.sqrt(n))
-    out.insert(2, "seeds", n)
+    out.insert(2, "score_ci95", [stats.half_width(g.to_numpy()) for _, g in groups["score"]])
+    out.insert(3, "seeds", n)
     return out.reset_index()
 
 

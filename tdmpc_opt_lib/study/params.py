@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from .. import checks
-from ..config import MT30, MT_MINI
+from ..config import MODEL_SIZES, MT30, MT_MINI
+from ..planner import PlannerConfig
 from ..quantize import SCHEMES
 
 PROFILES = ("smoke", "default", "paper")
@@ -34,6 +35,20 @@ RECORDED = REPO / "reports" / "runs"   # committed results of runs too long for 
 PAPER_DATA = REPO / "data" / "mt30"
 PAPER_TEACHER = REPO / "data" / "checkpoints" / "mt30-317M.pt"
 PAPER_TEACHER_48M = REPO / "data" / "checkpoints" / "mt30-48M.pt"
+# The MPPI setting of every model the default report evaluates with planning (the teacher and the released student
+# in 01, every student of 03/04): 128 samples x 2 iterations, with the 16 elites and 8 policy trajectories of
+# :func:`planner_config`; the smoke profile acts with the policy prior, the paper profile plans with TD-MPC2's
+# 512 x 6. CPU time of one lock-step call for 20 environments, one thread (2026-12-04): size-1 student 156 ms
+# (256 x 4, the committed MT-mini build's setting: 555 ms), size-5 teacher 348 ms (256 x 4: 1311 ms); a 500-step
+# episode of the student costs ~4 s instead of ~14 s, which buys the main comparison its training seeds.
+EVAL_SAMPLES, EVAL_ITERATIONS = 128, 2
+
+
+def planner_config(num_samples: int, iterations: int) -> PlannerConfig:
+    """MPPI with ``num_samples`` x ``iterations``; elites (1/8 of the samples, at most TD-MPC2's 64) and policy
+    trajectories (1/16, at most 24) shrink with fewer samples: TD-MPC2's 64 and 24 at 512 samples."""
+    return PlannerConfig(num_samples=num_samples, iterations=iterations, num_elites=max(1, min(64, num_samples // 8)),
+                         num_pi_trajs=min(24, num_samples // 16))
 
 
 class Found:
@@ -73,6 +88,8 @@ _TASKS = (_tasks, "None, 'all', or MT30 task names (list or comma string)")
 _FILE = (_file_or_none, "None or an existing checkpoint file")
 _POSITIVE = checks.POSITIVE
 _BOOL = checks.BOOL
+_SEEDS = (lambda v: checks.list_of(v, checks.non_negative_int) and len(v) >= 1 and len(set(v)) == len(v),
+          "a non-empty list of distinct integers >= 0")
 # parameter name -> (check, what it must be); a name means the same in every notebook, and as a library or
 # command-line setting (checks.RULES)
 CHECKS: dict[str, checks.Rule] = {
@@ -96,8 +113,8 @@ CHECKS: dict[str, checks.Rule] = {
     "batch_sizes": (lambda v: checks.list_of(v, checks.positive_int), "a list of integers >= 1"),
     "step_counts": (lambda v: checks.list_of(v, checks.positive_int), "a list of integers >= 1"),
     "teachers": (lambda v: checks.list_of(v, lambda x: Path(x).is_file()), "a list of existing checkpoint files"),
-    "seeds": (lambda v: checks.list_of(v, checks.non_negative_int) and len(v) >= 1 and len(set(v)) == len(v),
-              "a non-empty list of distinct integers >= 0"),
+    "seeds": _SEEDS,
+    "other_seeds": _SEEDS,
     "jobs": _POSITIVE,
     "schemes": (lambda v: v == "all" or checks.list_of(v, lambda x: x in SCHEMES), f"'all' or a list of {SCHEMES}"),
     "released_tasks": _TASKS,
@@ -146,12 +163,12 @@ class TeacherParams(Params):
     """Episodes per task."""
     episode_length: int | None = None
     """Steps per episode (None: 500, as the protocol says)."""
-    mpc: bool = False
+    mpc: bool = True
     """True: plan with MPPI; False: act with the policy prior's mean."""
-    num_samples: int = 512
-    """MPPI samples per iteration."""
-    iterations: int = 6
-    """MPPI iterations."""
+    num_samples: int = EVAL_SAMPLES
+    """MPPI samples per iteration (default: the report's setting, :data:`EVAL_SAMPLES`)."""
+    iterations: int = EVAL_ITERATIONS
+    """MPPI iterations (default: :data:`EVAL_ITERATIONS`)."""
     seed: int = 0
     """Environment seed of the first episode."""
 
@@ -191,9 +208,13 @@ class DistillParams(Params):
     seed: int = 1
     """Training seed."""
     eval_episodes: int = 2
-    """Evaluation episodes per task."""
-    eval_mpc: bool = False
-    """True: evaluate with MPPI planning; False: with the policy prior's mean."""
+    """Evaluation episodes per task (the seed's own episodes: :func:`~.experiments.eval_seed`)."""
+    eval_mpc: bool = True
+    """True: evaluate with MPPI planning (as the paper does); False: with the policy prior's mean."""
+    num_samples: int = EVAL_SAMPLES
+    """MPPI samples per iteration when ``eval_mpc`` (default: the report's setting, :data:`EVAL_SAMPLES`)."""
+    iterations: int = EVAL_ITERATIONS
+    """MPPI iterations when ``eval_mpc`` (default: :data:`EVAL_ITERATIONS`)."""
     episode_length: int | None = None
     """Steps per evaluation episode (None: 500, as the protocol says)."""
     threads: int | None = None
@@ -217,18 +238,20 @@ class AblationParams(Params):
     """Base point's gradient updates (the 03_distill value of the profile)."""
     batch_size: int = DistillParams.batch_size
     """Base point's batch size (the 03_distill value of the profile)."""
-    d_coefs: tuple[float, ...] = (0.0, 0.4, 0.9)
+    d_coefs: tuple[float, ...] = (0.0, 0.25, 0.4, 0.9)
     """Table 1 axis (0 is the from-scratch baseline)."""
-    variants: tuple[str, ...] = ("latent-linear", "latent-pca")
-    """Table 1 latent-distillation rows: "latent-linear", "latent-pca"."""
+    variants: tuple[str, ...] = ()
+    """Table 1 latent-distillation rows: "latent-linear", "latent-pca" (default: none; the paper profile has both)."""
     batch_sizes: tuple[int, ...] = ()
     """Table 2 axis (each value distilled and from scratch)."""
     step_counts: tuple[int, ...] = ()
     """Table 2 axis (each value distilled and from scratch)."""
     teachers: tuple[str, ...] = ()
     """Table 3: extra teacher checkpoints (the base teacher is always in)."""
-    seeds: tuple[int, ...] = (1, 2)
-    """Training seeds: one run per grid point and seed."""
+    seeds: tuple[int, ...] = (1, 2, 3, 4)
+    """Training seeds of the main comparison (from scratch and the base point's d_coef), paired by seed."""
+    other_seeds: tuple[int, ...] = (1, 2)
+    """Training seeds of every other grid point (fewer: the main comparison gets the statistical power)."""
     jobs: int = 2
     """Runs executed side by side, one torch thread each."""
 
@@ -269,19 +292,20 @@ class TaskAnalysisParams(Params):
     """Steps per rollout (None: 500)."""
 
 
-_DISTILL = {"smoke": DistillParams(steps=20, batch_size=32, eval_episodes=1, episode_length=20, out_dir=SMOKE_OUT),
+_DISTILL = {"smoke": DistillParams(steps=20, batch_size=32, eval_episodes=1, eval_mpc=False, episode_length=20,
+                                   out_dir=SMOKE_OUT),
             "default": DistillParams(),
             "paper": DistillParams(teacher=str(PAPER_TEACHER), dataset=str(PAPER_DATA), steps=1_000_000,
-                                   eval_episodes=10, eval_mpc=True)}
+                                   eval_episodes=10, eval_mpc=True, num_samples=512, iterations=6)}
 SMOKE_TASKS = "cartpole-balance,cup-catch"
 
 # notebook -> profile -> its parameters (the default profile is each dataclass's defaults)
 NOTEBOOK_PROFILES: dict[str, dict[str, Params]] = {
     "01_teacher": {
-        "smoke": TeacherParams(tasks=SMOKE_TASKS, episodes=1, episode_length=20, num_samples=64, iterations=2,
-                               out_dir=SMOKE_OUT),
+        "smoke": TeacherParams(tasks=SMOKE_TASKS, episodes=1, episode_length=20, mpc=False, num_samples=64,
+                               iterations=2, out_dir=SMOKE_OUT),
         "default": TeacherParams(),
-        "paper": TeacherParams(episodes=10, mpc=True),
+        "paper": TeacherParams(episodes=10, mpc=True, num_samples=512, iterations=6),
     },
     "02_data": {
         "smoke": DataParams(out_dir=SMOKE_OUT),
@@ -291,12 +315,14 @@ NOTEBOOK_PROFILES: dict[str, dict[str, Params]] = {
     "03_distill": _DISTILL,
     "04_ablations": {
         "smoke": AblationParams(steps=_DISTILL["smoke"].steps, batch_size=_DISTILL["smoke"].batch_size,
-                                d_coefs=(0.0, 0.4), variants=(), seeds=(1,), jobs=1, out_dir=SMOKE_OUT),
+                                d_coefs=(0.0, 0.4), variants=(), seeds=(1,), other_seeds=(1,), jobs=1,
+                                out_dir=SMOKE_OUT),
         "default": AblationParams(),
         "paper": AblationParams(teacher=str(PAPER_TEACHER), dataset=str(PAPER_DATA), steps=200_000,
-                                d_coefs=(0.0, 0.05, 0.25, 0.4, 0.55, 0.6, 0.9), batch_sizes=(128, 1024),
+                                d_coefs=(0.0, 0.05, 0.25, 0.4, 0.55, 0.6, 0.9),
+                                variants=("latent-linear", "latent-pca"), batch_sizes=(128, 1024),
                                 step_counts=(337_000, 1_000_000), teachers=(str(PAPER_TEACHER_48M),), seeds=(1,),
-                                jobs=1),
+                                other_seeds=(1,), jobs=1),
     },
     "05_quantization": {
         "smoke": QuantizationParams(schemes=("fp16", "int8", "paper-int8"), episodes=1, episode_length=20,

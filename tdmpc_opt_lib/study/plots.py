@@ -49,19 +49,34 @@ def learning_curves(curves: pd.DataFrame) -> go.Figure:
 
 
 def ablation(ours: pd.DataFrame, paper: pd.DataFrame, x: str, title: str) -> go.Figure:
-    """Our scores (left) next to the paper's (right) along one ablation axis; colour = method/variant. A
-    ``score_se`` column (standard error over seeds, :func:`experiments.over_seeds`) is drawn as error bars."""
+    """Our scores (left) next to the paper's (right) along one ablation axis; colour = method/variant. Error bars:
+    the ``score_ci95`` column (half-width of the 95 % interval over seeds, :func:`experiments.over_seeds`), else
+    ``score_se`` (standard error over seeds)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("ours (MT-mini)", "paper (MT30)"))
     for col, df in ((1, ours), (2, paper)):
         for name, g in df.groupby("label", sort=False):
             g = g.sort_values(x)
-            se = g["score_se"] if "score_se" in g else None
-            error = dict(type="data", array=se.fillna(0).tolist()) if se is not None and se.notna().any() else None
+            bar = next((g[c] for c in ("score_ci95", "score_se") if c in g), None)
+            error = dict(type="data", array=bar.fillna(0).tolist()) if bar is not None and bar.notna().any() else None
             fig.add_trace(go.Scatter(x=g[x], y=g["score"], mode="lines+markers", name=f"{name}", error_y=error,
                                      legendgroup=f"{col}{name}", showlegend=True), 1, col)
     fig.update_xaxes(title_text=x)
     fig.update_yaxes(title_text="normalized score")
     fig.update_layout(height=380, title=title)
+    return fig
+
+
+def paired_differences(per_seed: pd.DataFrame, effect: dict, title: str) -> go.Figure:
+    """Per training seed (``seed``, ``difference``) the paired score difference of two recipes, with their mean and
+    95 % interval (``estimate``, ``ci95_low``, ``ci95_high``, :func:`~.stats.paired_effect`) and a zero line."""
+    fig = go.Figure(go.Scatter(x=per_seed["seed"].astype(str), y=per_seed["difference"], mode="markers",
+                               name="one training seed", marker=dict(size=9)))
+    fig.add_hrect(y0=effect["ci95_low"], y1=effect["ci95_high"], fillcolor="royalblue", opacity=0.15, line_width=0,
+                  annotation_text="95 % interval", annotation_position="top left")
+    fig.add_hline(y=effect["estimate"], line_color="royalblue", annotation_text=f"mean {effect['estimate']:+.2f}")
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    fig.update_layout(xaxis_title="training seed", yaxis_title="difference (normalized points)", height=360,
+                      title=title)
     return fig
 
 

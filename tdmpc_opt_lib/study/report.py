@@ -40,13 +40,22 @@ def to_html(executed: Path) -> Path:
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     js = get_plotlyjs()
     if js in body:
-        lib = executed.parent / "plotly.min.js"
-        if not lib.is_file() or lib.stat().st_size != len(js.encode()):
-            lib.write_text(js, encoding="utf-8")
+        write_plotly_js(executed.parent)
         body = body.replace(js, '</script><script src="plotly.min.js">')
     out = executed.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
+
+
+def write_plotly_js(folder: Path) -> Path:
+    """``plotly.min.js`` in ``folder`` (written when missing or of another version), which the pages load."""
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs()
+    lib = folder / "plotly.min.js"
+    if not lib.is_file() or lib.stat().st_size != len(js.encode()):
+        lib.write_text(js, encoding="utf-8")
+    return lib
 
 
 def task_scores(results: str | os.PathLike, reference: str | os.PathLike | None = MT_MINI_DIR) -> pd.DataFrame:
@@ -124,21 +133,38 @@ def save_csv(df: pd.DataFrame, out_dir: str | os.PathLike, name: str, index: boo
     return out / name
 
 
-def index_page(pages: list[tuple[str, float | None]], results: Path, profile: str) -> str:
-    """HTML index: links to the notebook pages (with the run time of their last build) and every
-    ``*_summary.csv`` they wrote."""
-    rows = "\n".join(f'<li><a href="{html.escape(name)}.html">{html.escape(name)}</a>'
-                     f'{"" if sec is None else f" ({sec:.0f} s)"}</li>' for name, sec in pages)
+def index_page(pages: list[tuple[str, float | None]], results: Path, profile: str,
+               table: pd.DataFrame | None = None) -> str:
+    """HTML front page (:mod:`.front_page`): the findings ``table`` (default: computed from ``results``) as
+    paragraphs and key figures, then the tables (headline and every ``*_summary.csv``), links to the notebook pages
+    (with the run time of their last build)."""
+    from . import findings, front_page
+
+    table = findings.findings(results, profile) if table is None else table
     head = headline(results) if results.is_dir() else pd.DataFrame()
     tables = "" if head.empty else f"<h3>headline</h3>\n{head.round(2).to_html()}\n"
     tables += "\n".join(f"<h3>{html.escape(csv.stem)}</h3>\n{pd.read_csv(csv, index_col=0).round(2).to_html()}"
                         for csv in sorted(results.glob("*_summary.csv")))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>TD-MPC-Opt report</title>"
-            f"<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}"
-            f"td,th{{border:1px solid #ccc;padding:2px 8px}}</style></head><body>"
-            f"<h1>TD-MPC-Opt: distilling multi-task TD-MPC2 — report</h1>"
-            f"<p>Profile <b>{profile}</b>, generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
-            f"<h2>Notebooks</h2><ol>{rows}</ol><h2>Headline results</h2>{tables or '<p>none yet</p>'}</body></html>")
+    return front_page.page(pages, results, profile, table, tables)
+
+
+def write_findings(out: Path, profile: str, readme: Path | None = None) -> Path:
+    """Findings of the results in ``out/results`` to ``findings.csv``, the front page ``out/index.html`` (with
+    ``plotly.min.js`` beside it) and, given ``readme``, its generated results block (from the CSV as written)."""
+    from . import findings
+
+    results = out / "results"
+    table = findings.findings(results, profile)
+    findings.write(table, results)
+    if readme is not None:
+        findings.update_readme(readme, findings.read(results))
+    times_file = results / "page_times.json"
+    timed = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    listed = [(nb.stem, timed.get(nb.stem)) for nb in notebooks() if (out / f"{nb.stem}.html").is_file()]
+    write_plotly_js(out)
+    index = out / "index.html"
+    atomic_write_text(index, index_page(listed, results, profile, table))
+    return index
 
 
 def build(profile: str | None = None, only: list[str] | None = None, out: str | os.PathLike = REPO / "reports") -> Path:
@@ -165,10 +191,10 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
     timed = {**(json.loads(times_file.read_text()) if times_file.is_file() else {}),
              **{name: round(sec, 1) for name, sec in pages}}
     atomic_write_text(times_file, json.dumps(timed, indent=1, sort_keys=True) + "\n")
-    listed = [(nb.stem, timed.get(nb.stem)) for nb in notebooks() if (out / f"{nb.stem}.html").is_file()]
-    index = out / "index.html"
-    atomic_write_text(index, index_page(listed, results, profile))
-    print(f"report: {index}")
+    # the README's results block follows the committed report (the default profile written into reports/)
+    readme = REPO / "README.md" if profile == "default" and out == (REPO / "reports").resolve() else None
+    index = write_findings(out, profile, readme)
+    print(f"report: {index}" + (f"; findings also in {readme.name}" if readme else ""))
     return index
 
 

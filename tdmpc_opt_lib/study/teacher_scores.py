@@ -8,16 +8,8 @@ import pandas as pd
 
 from ..checkpoints import load_checkpoint
 from ..evaluation import evaluate, normalized_score, task_table
-from ..planner import PlannerConfig
 from ..world_model import WorldModel
-from .params import TeacherParams
-
-
-def planner_config(num_samples: int, iterations: int) -> PlannerConfig:
-    """MPPI with ``num_samples`` x ``iterations``; elites and policy trajectories shrink with fewer samples
-    (TD-MPC2's 64 and 24 at 512 samples)."""
-    return PlannerConfig(num_samples=num_samples, iterations=iterations, num_elites=min(64, num_samples // 4),
-                         num_pi_trajs=min(24, num_samples // 8))
+from .params import TeacherParams, planner_config
 
 
 def architecture(model: WorldModel, path: str | os.PathLike) -> str:
@@ -29,14 +21,17 @@ def architecture(model: WorldModel, path: str | os.PathLike) -> str:
 
 def evaluate_models(model: WorldModel, P: TeacherParams) -> dict[str, pd.DataFrame]:
     """Per-episode scores of the teacher, and of the released student on the same tasks and seeds when it is
-    another file that knows every task of the teacher."""
+    another file that knows every task of the teacher; a ``protocol`` column says how they acted (``MPPI 128x2``,
+    ``policy prior``)."""
     kw = dict(tasks=P.tasks, episodes=P.episodes, seed=P.seed, mpc=P.mpc,
               planner_cfg=planner_config(P.num_samples, P.iterations), episode_length=P.episode_length, progress=False)
-    results = {"teacher": evaluate(model, **kw)}
+    protocol = f"MPPI {P.num_samples}x{P.iterations}" if P.mpc else "policy prior"
+    results = {"teacher": evaluate(model, **kw).assign(protocol=protocol)}
     if P.released and Path(P.released).resolve() != Path(P.teacher).resolve():
         released = load_checkpoint(P.released)
         if set(model.cfg.tasks.tasks) <= set(released.cfg.tasks.tasks):
-            results["released student"] = evaluate(released, **{**kw, "tasks": P.tasks or list(model.cfg.tasks.tasks)})
+            tasks = P.tasks or list(model.cfg.tasks.tasks)
+            results["released student"] = evaluate(released, **{**kw, "tasks": tasks}).assign(protocol=protocol)
     return results
 
 
