@@ -47,12 +47,14 @@ def policy_actions(model: WorldModel, obs: torch.Tensor, task: torch.Tensor) -> 
 
 def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: int = 2, seed: int = 0,
              mpc: bool = True, planner_cfg: PlannerConfig | None = None, batch_envs: int = 64,
-             compile: bool | None = None, episode_length: int | None = None, progress: bool = True) -> pd.DataFrame:
+             compile: bool | None = None, episode_length: int | None = None, progress: bool = True,
+             cluster: str | None = None) -> pd.DataFrame:
     """Run ``episodes`` per task; one row per episode: task, episode, seed, return, score, steps.
 
     ``episode_length`` shortens episodes (smoke runs only; scores are then not the protocol's).
     ``compile``: the speed layer (:func:`tdmpc_opt_lib.fast.accelerate`, a ``torch.compile``'d planner); on
-    unless ``TDMPC_OPT_COMPILE=0``.
+    unless ``TDMPC_OPT_COMPILE=0``. ``cluster``: a Ray address ("auto" or "host:port"); each batch of
+    ``batch_envs`` episodes then runs as one Ray task, with the same rows (:func:`tdmpc_opt_lib.cluster.evaluate_split`).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -61,6 +63,13 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     names = resolve_tasks(model, tasks)
     if compile is None:
         compile = os.environ.get("TDMPC_OPT_COMPILE", "1") != "0"
+    if cluster is not None:
+        from .cluster import evaluate_split
+        start = time.perf_counter()
+        df = pd.DataFrame(evaluate_split(model, names, episodes, seed, mpc, planner_cfg, batch_envs, compile,
+                                         episode_length, cluster, progress))
+        df.attrs.update(wall_s=time.perf_counter() - start, mpc=mpc, seed=seed)
+        return df
     jobs = [(t, e) for t in names for e in range(episodes)]
     rows: list[dict] = []
     start = time.perf_counter()

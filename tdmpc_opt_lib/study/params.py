@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -132,6 +133,9 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "released_tasks": _TASKS,
     "latency_steps": _POSITIVE,
     "render": _BOOL,
+    "cluster": (lambda v: v is None or (isinstance(v, str) and bool(v) and find_spec("ray") is not None),
+                "None (this machine), or 'auto' / 'host:port' of a Ray cluster with Ray installed "
+                "(pip install -e \".[cluster]\"; docs/cluster.md)"),
     "frame_steps": (lambda v: _list_of(v, lambda x: isinstance(x, int) and 0 <= x < 500) and len(v) >= 1,
                     "a non-empty list of step indices in 0..499"),
 }
@@ -259,7 +263,9 @@ class AblationParams(Params):
     seeds: tuple[int, ...] = (1, 2)
     """Training seeds: one run per grid point and seed."""
     jobs: int = 2
-    """Runs executed side by side, one torch thread each."""
+    """Runs executed side by side, one torch thread each (without a cluster)."""
+    cluster: str | None = None
+    """None: run the grid on this machine; "auto" or "host:port": one Ray task per run on that cluster."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +289,8 @@ class QuantizationParams(Params):
     """MT30 tasks for the released student (None: all 30)."""
     latency_steps: int = 10
     """Timed calls per latency measurement."""
+    cluster: str | None = None
+    """None: evaluate on this machine; "auto" or "host:port": split each evaluation over that Ray cluster."""
 
 
 @dataclass(frozen=True)
