@@ -21,7 +21,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     progress = Path(f"{args.out}.part.json") if args.out else None      # finished batches, for a restart
     df = evaluate(model, args.tasks, args.episodes, args.seed, mpc=not args.no_mpc,
                   planner_cfg=PlannerConfig(num_samples=args.samples, iterations=args.iterations),
-                  batch_envs=args.batch_envs, compile=not args.no_compile, resume=progress)
+                  batch_envs=args.batch_envs, compile=not args.no_compile, resume=progress, cluster=args.cluster)
     print(task_table(df).to_string())
     mode = "policy prior (no MPC)" if args.no_mpc else "MPPI"
     print(f"\nnormalized score: {normalized_score(df):.2f}  ({len(df)} episodes, {df.task.nunique()} tasks, "
@@ -210,6 +210,38 @@ def _report(args: argparse.Namespace) -> None:
     build(args.profile, args.only.split(",") if args.only else None, args.out)
 
 
+def _add_grid(sub: argparse._SubParsersAction) -> None:
+    from .study.params import PROFILES
+
+    p = sub.add_parser("grid", help="train the 04_ablations grid (no report page), here or on a Ray cluster")
+    p.add_argument("--profile", choices=PROFILES, default=None, help="default: $TDMPC_OPT_PROFILE or 'default'")
+    p.add_argument("--cluster", default=None, help="'auto' or 'host:port' of a Ray cluster (default: this machine)")
+    p.add_argument("--jobs", type=int, default=None, help="runs side by side on this machine")
+    p.add_argument("--out-dir", default=None, help="results folder (runs are cached in its runs/ folder)")
+    p.add_argument("--dry-run", action="store_true", help="only list the runs and the resources each would ask for")
+    p.set_defaults(func=_grid)
+
+
+def _grid(args: argparse.Namespace) -> None:
+    from .study import ablations, experiments, params
+
+    given = {"cluster": args.cluster, "jobs": args.jobs, "out_dir": args.out_dir}
+    if args.dry_run:   # the profile's grid as it is defined, whether or not its files are on this machine
+        base = params.NOTEBOOK_PROFILES["04_ablations"][params.profile_name(args.profile)]
+        found = {k: v.first() for k, v in params.values(base).items() if isinstance(v, params.Found)}
+        P = dataclasses.replace(base, profile=params.profile_name(args.profile),
+                                **{**found, **{k: v for k, v in given.items() if v is not None}})
+    else:
+        P = params.resolve("04_ablations", args.profile, **given)
+        params.prepare_dataset(P.dataset)
+    runs = experiments.run_grid(ablations.points(P), params.REPO / "notebooks" / "03_distill.ipynb", P.profile,
+                                jobs=P.jobs, cluster=P.cluster, dry_run=args.dry_run)
+    print(runs.to_string())
+    if args.dry_run:
+        print(f"\n{len(runs)} runs of {P.steps} updates at the base point ({P.profile} profile); "
+              + ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items()))
+
+
 def _add_strip_notebooks(sub: argparse._SubParsersAction) -> None:
     from .study.params import REPO
     from .study.report import CHECK_MARK, CHECKED_OUTPUTS
@@ -242,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--iterations", type=int, default=6, help="MPPI iterations")
     ev.add_argument("--batch-envs", type=int, default=64, help="episodes planned together in lock-step")
     ev.add_argument("--no-compile", action="store_true", help="without the speed layer (fast.accelerate, torch.compile of the planner)")
+    ev.add_argument("--cluster", default=None, help="'auto' or 'host:port': each batch as a task on that Ray cluster")
     ev.add_argument("--out", default=None, help="CSV of per-episode results; finished batches are kept in "
                     "<out>.part.json until it is written, and a restart skips them")
     ev.set_defaults(func=_evaluate)
@@ -250,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_data(sub)
     _add_mt_mini(sub)
     _add_report(sub)
+    _add_grid(sub)
     _add_strip_notebooks(sub)
     return ap
 

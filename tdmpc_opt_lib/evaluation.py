@@ -57,20 +57,28 @@ def policy_actions(model: WorldModel, obs: torch.Tensor, task: torch.Tensor) -> 
 def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: int = 2, seed: int = 0,
              mpc: bool = True, planner_cfg: PlannerConfig | None = None, batch_envs: int = 64,
              compile: bool | None = None, episode_length: int | None = None, progress: bool = True,
-             resume: str | os.PathLike | None = None) -> pd.DataFrame:
+             resume: str | os.PathLike | None = None, cluster: str | None = None) -> pd.DataFrame:
     """Run ``episodes`` per task; one row per episode: task, episode, seed, return, score, steps.
 
     ``episode_length`` shortens episodes (smoke runs only; scores are then not the protocol's).
     ``compile``: the speed layer (:func:`tdmpc_opt_lib.fast.accelerate`, a ``torch.compile``'d planner); on
     unless ``TDMPC_OPT_COMPILE=0``. ``resume``: a JSON file that keeps the rows of finished batches (of
     ``batch_envs`` episodes); a run killed, or stopped by SIGTERM / SIGINT (:class:`~tdmpc_opt_lib.runstate.Preempted`),
-    skips them when started again with the same settings and model.
+    skips them when started again with the same settings and model. ``cluster``: a Ray address ("auto" or
+    "host:port"); each batch then runs as one Ray task, with the same rows (:func:`tdmpc_opt_lib.cluster.evaluate_split`).
     """
     checks.check_values({"episodes": episodes, "seed": seed, "mpc": mpc, "batch_envs": batch_envs,
                          "episode_length": episode_length})
     names = resolve_tasks(model, tasks)
     if compile is None:
         compile = os.environ.get("TDMPC_OPT_COMPILE", "1") != "0"
+    if cluster is not None:
+        from .cluster import evaluate_split
+        start = time.perf_counter()
+        df = pd.DataFrame(evaluate_split(model, names, episodes, seed, mpc, planner_cfg, batch_envs, compile,
+                                         episode_length, cluster, progress))
+        df.attrs.update(wall_s=time.perf_counter() - start, mpc=mpc, seed=seed)
+        return df
     jobs = [(t, e) for t in names for e in range(episodes)]
     rows: list[dict] = []
     start = time.perf_counter()

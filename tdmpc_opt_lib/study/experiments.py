@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from .. import training
 from ..checkpoints import atomic_write_text, content_digest
 from ..evaluation import evaluate, normalized_score, task_table
 from . import stats
-from .params import DistillParams, planner_config, resolve
+from .params import NOTEBOOK_PROFILES, DistillParams, planner_config, profile_name, resolve
 
 RUN_KEYS = ("d_coef", "distill", "steps", "batch_size", "model_size", "seed", "teacher", "dataset",
             "eval_episodes", "eval_mpc", "num_samples", "iterations", "episode_length")
@@ -67,13 +69,14 @@ def load_result(path: str | os.PathLike) -> dict | None:
 
 
 def train_config(P: DistillParams) -> training.TrainConfig:
-    """The offline training run for resolved ``03_distill`` parameters."""
+    """The offline training run for resolved ``03_distill`` parameters: 20 log rows at least (one per 100 updates
+    at most) and a resume checkpoint every quarter of the run (every 1000 updates at most)."""
     log_every = max(1, min(100, P.steps // 20))
     return training.TrainConfig(
         data=str(P.dataset), out=str(run_dir(P)), steps=P.steps, batch_size=P.batch_size, seed=P.seed,
         model_size=P.model_size, d_coef=P.d_coef, distill=P.distill,
         teacher=str(P.teacher) if P.d_coef > 0 else None, log_every=log_every,
-        checkpoint_every=log_every * max(1, 1000 // log_every))
+        checkpoint_every=log_every * max(1, min(1000, P.steps // 4) // log_every))
 
 
 def evaluate_run(model, P: DistillParams) -> pd.DataFrame:
@@ -206,25 +209,46 @@ def _child_stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile: str, jobs: int = 1) -> pd.DataFrame:
-    """Execute ``notebook`` (03_distill) with papermill for every point (03_distill parameters beside the
-    ``profile``'s) whose run is not finished yet, ``jobs`` at a time (each in its own kernel with one torch
-    thread); returns the points' results."""
+def execute_point(notebook: str, output: str, params: dict[str, Any]) -> None:
+    """Execute ``notebook`` (03_distill) into ``output`` with papermill ``params``."""
     import papermill as pm
 
+    pm.execute_notebook(notebook, output, parameters=params, cwd=str(Path(notebook).parent), progress_bar=False)
+
+
+def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile: str, jobs: int = 1,
+             cluster: str | None = None, dry_run: bool = False) -> pd.DataFrame:
+    """Execute ``notebook`` (03_distill) with papermill for every point (03_distill parameters beside the
+    ``profile``'s) whose run is not finished yet, and return the points' results.
+
+    ``cluster`` None: ``jobs`` at a time in this machine's kernels (one torch thread each when ``jobs`` > 1);
+    else a Ray address ("auto" or "host:port"): every point is one Ray task (:func:`tdmpc_opt_lib.cluster.run_points`;
+    run folders on a filesystem all nodes share). Either way a point trains under its claim, so two drivers of the
+    same grid train it once. ``dry_run``: only the table of what would be submitted (points, status, resources).
+    """
+    from .. import cluster as ray_cluster
+
+    if dry_run:
+        return ray_cluster.plan([_planned(p, profile) for p in points])
     resolved = [(p, resolve("03_distill", profile, **p)) for p in points]
     todo = [(p, P) for p, P in resolved if load_result(run_dir(P)) is None]
+    threads = 1 if jobs > 1 or cluster else None
 
-    def execute(item: tuple[dict, DistillParams]) -> None:
+    def args(item: tuple[dict, DistillParams]) -> tuple[str, str, dict]:
         p, P = item
-        d = run_dir(P)
-        d.mkdir(parents=True, exist_ok=True)
         params = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in p.items()}, "profile": profile,
-                  "threads": 1 if jobs > 1 else None, "summary": False}
-        pm.execute_notebook(str(notebook), str(d / "03_distill.ipynb"), parameters=params,
-                            cwd=str(Path(notebook).parent), progress_bar=False)
+                  "threads": threads, "summary": False}
+        return str(notebook), str(run_dir(P) / "03_distill.ipynb"), params
 
-    if todo:
+    if todo and cluster:
+        ray_cluster.run_points([(str(run_dir(P)), args((p, P))) for p, P in todo], execute_point, cluster,
+                               device=getattr(todo[0][1], "device", None))
+    elif todo:
+        owner = ray_cluster.new_owner()
+
+        def execute(item: tuple[dict, DistillParams]) -> None:
+            ray_cluster.run_point(run_dir(item[1]), owner, lambda: execute_point(*args(item)))
+
         with _child_stderr_to(run_dir(todo[0][1]).parent / "kernels.log"), ThreadPoolExecutor(max(1, jobs)) as pool:
             list(pool.map(execute, todo))
     ran, rows = {run_dir(P).name for _, P in todo}, []
@@ -235,3 +259,18 @@ def run_grid(points: list[dict[str, Any]], notebook: str | os.PathLike, profile:
                      "cached": run_dir(P).name not in ran, "score": r["score"],
                      **{f"task:{t}": s for t, s in r["tasks"].items()}, "train_s": r["train_s"]})
     return pd.DataFrame(rows)
+
+
+def _planned(point: dict[str, Any], profile: str) -> dict[str, Any]:
+    """One row of a dry run: the point's run parameters and whether it is finished, to run, or lacks its inputs."""
+    base = NOTEBOOK_PROFILES["03_distill"][profile_name(profile)]
+    try:
+        P = resolve("03_distill", profile, **point)
+        status = "finished" if load_result(run_dir(P)) is not None else "to run"
+        run = run_name(P)
+    except ValueError as e:
+        missing = re.findall(r"parameter '(\w+)'", str(e)) or [str(e)]
+        P, status, run = replace(base, **{k: v for k, v in point.items() if v is not None}), f"missing {missing[0]}", None
+    return {**{k: getattr(P, k) for k in ("d_coef", "distill", "steps", "batch_size", "model_size", "seed")},
+            "teacher": Path(P.teacher).name if P.d_coef > 0 and isinstance(P.teacher, (str, Path)) else "-",
+            "run": run, "status": status, "device": getattr(P, "device", None) or "cpu"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,6 +121,9 @@ CHECKS: dict[str, checks.Rule] = {
     "released_tasks": _TASKS,
     "latency_steps": _POSITIVE,
     "render": _BOOL,
+    "cluster": (lambda v: v is None or (isinstance(v, str) and bool(v) and find_spec("ray") is not None),
+                "None (this machine), or 'auto' / 'host:port' of a Ray cluster with Ray installed "
+                "(pip install -e \".[cluster]\"; docs/cluster.md)"),
     "frame_steps": (lambda v: checks.list_of(v, lambda x: isinstance(x, int) and 0 <= x < 500) and len(v) >= 1,
                     "a non-empty list of step indices in 0..499"),
 }
@@ -253,7 +257,9 @@ class AblationParams(Params):
     other_seeds: tuple[int, ...] = (1, 2)
     """Training seeds of every other grid point (fewer: the main comparison gets the statistical power)."""
     jobs: int = 2
-    """Runs executed side by side, one torch thread each."""
+    """Runs executed side by side, one torch thread each (without a cluster)."""
+    cluster: str | None = None
+    """None: run the grid on this machine; "auto" or "host:port": one Ray task per run on that cluster."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,8 @@ class QuantizationParams(Params):
     """MT30 tasks for the released student (None: all 30)."""
     latency_steps: int = 10
     """Timed calls per latency measurement."""
+    cluster: str | None = None
+    """None: evaluate on this machine; "auto" or "host:port": split each evaluation over that Ray cluster."""
 
 
 @dataclass(frozen=True)

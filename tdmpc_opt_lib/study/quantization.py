@@ -45,7 +45,7 @@ def quantize_models(paths: dict[str, Path], P: QuantizationParams) -> tuple[dict
     for name, path in paths.items():
         model = load_checkpoint(path)
         kw = dict(tasks=P.released_tasks if name == RELEASED else None, episodes=P.episodes, seed=0, mpc=P.mpc,
-                  episode_length=P.episode_length, progress=False)
+                  episode_length=P.episode_length, progress=False, cluster=P.cluster)
         table, eps = quantize.quantization_table(model, schemes(P), Path(P.out_dir) / "quantized" / name.replace(" ", "_"),
                                                  kw, latency_steps=P.latency_steps, return_episodes=True)
         tables[name] = table.set_index("scheme")
