@@ -11,16 +11,18 @@ import typing
 from pathlib import Path
 
 from .checkpoints import CheckpointError, load_checkpoint
+from .device import AUTO, resolve_device
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate, normalized_score, task_table
     from .planner import PlannerConfig
 
-    model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size)
+    model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size,
+                            device=resolve_device(args.device))
     df = evaluate(model, args.tasks, args.episodes, args.seed, mpc=not args.no_mpc,
                   planner_cfg=PlannerConfig(num_samples=args.samples, iterations=args.iterations),
-                  batch_envs=args.batch_envs, compile=not args.no_compile)
+                  batch_envs=args.batch_envs, compile=not args.no_compile, workers=args.workers)
     print(task_table(df).to_string())
     mode = "policy prior (no MPC)" if args.no_mpc else "MPPI"
     print(f"\nnormalized score: {normalized_score(df):.2f}  ({len(df)} episodes, {df.task.nunique()} tasks, "
@@ -214,6 +216,11 @@ def _strip_notebooks(args: argparse.Namespace) -> None:
     strip_notebooks(record=args.record)
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=AUTO, help="torch device: 'auto' (CUDA when available, else the CPU), "
+                        "'cpu', 'cuda' or 'cuda:N' (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tdmpc_opt_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -230,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--iterations", type=int, default=6, help="MPPI iterations")
     ev.add_argument("--batch-envs", type=int, default=64, help="episodes planned together in lock-step")
     ev.add_argument("--no-compile", action="store_true", help="without the speed layer (fast.accelerate, torch.compile of the planner)")
+    ev.add_argument("--workers", type=int, default=0, help="environment worker processes (0: step them in this process)")
+    add_device_argument(ev)
     ev.add_argument("--out", default=None, help="CSV of per-episode results")
     ev.set_defaults(func=_evaluate)
     _add_quantize(sub)

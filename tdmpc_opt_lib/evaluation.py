@@ -3,7 +3,9 @@ task score = return / 10, normalized score = mean of task scores.
 
 Episodes of all requested tasks run in lock-step so that one batched planner call serves them all.
 Episode ``e`` of seed ``s`` runs in an environment seeded ``s * 1000 + e``; the planner's random
-stream is seeded with ``s``.
+stream is seeded with ``s``. Environments step in this process or, with ``workers``, in worker processes
+(:mod:`tdmpc_opt_lib.envs.vector`): the same seeds give the same returns either way. Tensors live on the
+model's device; environments take float64 actions on the host.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import fast
-from .envs import MultiTaskEnv
+from .envs import EPISODE_LENGTH, MultiTaskEnv
+from .envs.vector import LocalEnvs, WorkerEnvs
 from .planner import Planner, PlannerConfig
 from .world_model import WorldModel
 
@@ -41,16 +44,20 @@ def resolve_tasks(model: WorldModel, tasks: str | list[str] | None) -> list[str]
 @torch.no_grad()
 def policy_actions(model: WorldModel, obs: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
     """Acting without planning: the policy prior's mean action."""
+    dev = model.discount.device
+    obs, task = obs.to(dev), task.to(dev)
     _, info = model.pi(model.encode(obs, task), task)
     return info["mean"]
 
 
 def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: int = 2, seed: int = 0,
              mpc: bool = True, planner_cfg: PlannerConfig | None = None, batch_envs: int = 64,
-             compile: bool | None = None, episode_length: int | None = None, progress: bool = True) -> pd.DataFrame:
+             compile: bool | None = None, episode_length: int | None = None, progress: bool = True,
+             workers: int = 0) -> pd.DataFrame:
     """Run ``episodes`` per task; one row per episode: task, episode, seed, return, score, steps.
 
     ``episode_length`` shortens episodes (smoke runs only; scores are then not the protocol's).
+    ``workers``: step the environments in that many worker processes (0: in this process).
     ``compile``: the speed layer (:func:`tdmpc_opt_lib.fast.accelerate`, a ``torch.compile``'d planner); on
     unless ``TDMPC_OPT_COMPILE=0``.
     """
@@ -58,6 +65,8 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if batch_envs < 1:
         raise ValueError(f"batch_envs must be >= 1, got {batch_envs}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     names = resolve_tasks(model, tasks)
     if compile is None:
         compile = os.environ.get("TDMPC_OPT_COMPILE", "1") != "0"
@@ -68,32 +77,36 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     # the speed layer for planning (same results to float rounding); the policy prior's few rows run as they are
     speed = compile and mpc
     runner = fast.accelerate(model) if speed else model
+    pool = WorkerEnvs(model.cfg.tasks, workers, min(batch_envs, len(jobs))) if workers else LocalEnvs(model.cfg.tasks)
     with fast.cpu_runtime(next(model.parameters()).device) if speed else contextlib.nullcontext():
-        for lo in range(0, len(jobs), batch_envs):
-            batch = jobs[lo:lo + batch_envs]
-            planner = Planner(runner, planner_cfg, seed=seed + lo, compile=compile) if mpc else None
-            rows += _run_batch(runner, planner, batch, seed, episode_length, progress,
-                               label=f"{lo + 1}-{lo + len(batch)}/{len(jobs)}")
+        try:
+            for lo in range(0, len(jobs), batch_envs):
+                batch = jobs[lo:lo + batch_envs]
+                planner = Planner(runner, planner_cfg, seed=seed + lo, compile=compile) if mpc else None
+                rows += _run_batch(runner, planner, pool, batch, seed, episode_length, progress,
+                                   label=f"{lo + 1}-{lo + len(batch)}/{len(jobs)}")
+        finally:
+            pool.close()
     df = pd.DataFrame(rows)
     df.attrs.update(wall_s=time.perf_counter() - start, mpc=mpc, seed=seed)
     return df
 
 
-def _run_batch(model: WorldModel, planner: Planner | None, batch: list[tuple[str, int]], seed: int,
-               episode_length: int | None, progress: bool, label: str) -> list[dict]:
-    """Episodes ``batch`` ((task, episode) pairs) in lock-step, acting with ``planner`` (None: the policy
-    prior); one row per episode."""
-    envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, e)) for t, e in batch]
-    T = episode_length or envs[0].episode_length
-    task = torch.tensor([env.task_id for env in envs])
-    obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
-    returns = np.zeros(len(envs))
+def _run_batch(model: WorldModel, planner: Planner | None, pool: LocalEnvs | WorkerEnvs,
+               batch: list[tuple[str, int]], seed: int, episode_length: int | None, progress: bool,
+               label: str) -> list[dict]:
+    """Episodes ``batch`` ((task, episode) pairs) in lock-step in ``pool``'s environments, acting with
+    ``planner`` (None: the policy prior); one row per episode."""
+    T = episode_length or EPISODE_LENGTH
+    dev = model.discount.device
+    task = torch.tensor([model.cfg.tasks.index(t) for t, _ in batch], device=dev)
+    obs = pool.start([(t, episode_seed(seed, e)) for t, e in batch])
+    returns = np.zeros(len(batch))
     for t in tqdm(range(T), desc=f"eval {label} episodes", disable=not progress, leave=False):
-        act = planner.plan(obs, task, t0=t == 0) if planner else policy_actions(model, obs, task)
-        act = act.numpy().astype(np.float64)
-        steps = [env.step(a) for env, a in zip(envs, act)]
-        obs = torch.from_numpy(np.stack([s[0] for s in steps]))
-        returns += [s[1] for s in steps]
+        x = torch.from_numpy(obs).to(dev)
+        act = planner.plan(x, task, t0=t == 0) if planner else policy_actions(model, x, task)
+        obs, reward = pool.step(act.cpu().numpy().astype(np.float64))
+        returns += reward
     return [{"task": t, "episode": e, "seed": episode_seed(seed, e), "return": r, "score": r / 10, "steps": T}
             for (t, e), r in zip(batch, returns)]
 
@@ -117,12 +130,13 @@ def rollout_frames(model: WorldModel, task: str, frame_steps: list[int], seed: i
     model.eval()
     env = MultiTaskEnv(task, model.cfg.tasks, seed=episode_seed(seed, 0))
     planner = Planner(model, planner_cfg, seed=seed) if mpc else None
-    task_id = torch.tensor([env.task_id])
-    obs, ret, rows = torch.from_numpy(env.reset())[None], 0.0, []
+    dev = model.discount.device
+    task_id = torch.tensor([env.task_id], device=dev)
+    obs, ret, rows = torch.from_numpy(env.reset())[None].to(dev), 0.0, []
     for t in range(max(frame_steps) + 1):
         if t in frame_steps:
             rows.append({"task": task, "step": t, "return": ret, "frame": env.render(width, height)})
         act = planner.plan(obs, task_id, t0=t == 0) if planner else policy_actions(model, obs, task_id)
-        o, r, _, _ = env.step(act[0].numpy().astype(np.float64))
-        obs, ret = torch.from_numpy(o)[None], ret + r
+        o, r, _, _ = env.step(act[0].cpu().numpy().astype(np.float64))
+        obs, ret = torch.from_numpy(o)[None].to(dev), ret + r
     return pd.DataFrame(rows)

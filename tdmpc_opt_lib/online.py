@@ -69,7 +69,7 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
     rng = np.random.default_rng(cfg.seed)           # seed-phase actions
     out = Path(cfg.out)
     run_state = RunState(out / "online.pt", ONLINE_FORMAT, _run_config(cfg))
-    state = run_state.load(device)
+    state = run_state.load()
     step, episode, credit = 0, 0, 0.0
     if state is not None:
         buffer = data.EpisodeBuffer.from_dataset(data.Dataset.open(out / state["buffer"]))
