@@ -127,12 +127,15 @@ def _quantize(args: argparse.Namespace) -> None:
         raise ValueError(f"--export-safetensors needs a scheme of this library ({', '.join(OUR_SCHEMES)}): "
                          "the paper recipes store torch quantized tensors, which safetensors cannot hold")
     model = load_checkpoint(args.checkpoint, task_set=args.task_set)
+    device = resolve_device(args.device)
     fp16_layers = None
     if args.scheme == "mixed":
         fp16_layers, sens = mixed_plan(model, args.budget_mib)
         print(sens[["layer", "params", "score", "fp16"]].to_string(index=False))
-    fp16_layers, hessians = resolve_defaults(model, args.scheme, fp16_layers, None,
+    # calibration rollouts and Hessians on the device; the files are written from the CPU model
+    fp16_layers, hessians = resolve_defaults(model.to(device), args.scheme, fp16_layers, None,
                                              {} if args.rounding == "nearest" else None)
+    model.cpu()
     row = write_variant(model, args.scheme, args.out, fp16_layers, hessians=hessians)
     for kind in ("full", "deployable"):
         print(f"{args.scheme} {kind:<10} {row[f'{kind}_mib']:7.3f} MiB on disk, "
@@ -157,6 +160,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="int8 schemes: GPTQ on calibration rollouts in the model's environments (default), "
                    "or round to nearest (no environments needed)")
     p.add_argument("--task-set", default=None, help="task set of a public checkpoint (default mt30)")
+    add_device_argument(p)
     p.set_defaults(func=_quantize)
 
 
@@ -191,13 +195,23 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=PROFILES, default=None, help="default: $TDMPC_OPT_PROFILE or 'default'")
     p.add_argument("--only", default=None, help="comma list of notebook names (e.g. 01_teacher)")
     p.add_argument("--out", default=str(REPO / "reports"))
+    p.add_argument("--check", action="store_true", help="only list the profile's missing input files, each with the "
+                   "command that provides it (exit status 2 when any is missing)")
+    add_device_argument(p)
     p.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> None:
+    from .study.inputs import check_report, missing_inputs
     from .study.report import build
 
-    build(args.profile, args.only.split(",") if args.only else None, args.out)
+    missing = missing_inputs(args.profile)
+    if args.check or not missing.empty:
+        print(check_report(args.profile))
+        if not missing.empty:
+            raise ValueError("inputs missing; nothing was run")
+        return
+    build(args.profile, args.only.split(",") if args.only else None, args.out, device=args.device)
 
 
 def _add_strip_notebooks(sub: argparse._SubParsersAction) -> None:

@@ -98,7 +98,7 @@ def evaluate_score(model, tasks: list[str] | None, episodes: int, seed: int, **k
     """Normalized score of :func:`evaluation.evaluate` (``kwargs`` go to it); the training RNG streams are
     left untouched."""
     from .evaluation import evaluate, normalized_score
-    cuda = [model.discount.device] if model.discount.device.type == "cuda" else []
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):
         df = evaluate(model, tasks, episodes, seed, progress=False, **kwargs)
     return normalized_score(df)

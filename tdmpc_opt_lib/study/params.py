@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import pandas as pd
 
 from ..config import MODEL_SIZES, MT30, MT_MINI
+from ..device import AUTO, is_device_spec
 from ..quantize import SCHEMES
 from ..training import DISTILL_KINDS
 
@@ -96,6 +97,7 @@ _BOOL = (_bool, "True or False")
 # parameter name -> (check, what it must be); a name means the same in every notebook
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "profile": (lambda v: v in PROFILES, f"one of {PROFILES}"),
+    "device": (is_device_spec, "'auto' (CUDA when available, else the CPU), 'cpu', 'cuda' or 'cuda:N'"),
     "episodes": _POSITIVE,
     "episode_length": (lambda v: v is None or (_positive_int(v) and v <= 500), "None or an integer in 1..500"),
     "seed": (_seed, "an integer >= 0"),
@@ -146,6 +148,8 @@ class Params:
     """The profile the values not given were taken from."""
     out_dir: str = RESULTS
     """Folder of the notebooks' saved results (distillation runs are cached in its runs/ folder)."""
+    device: str = AUTO
+    """Torch device of training, evaluation and planning: 'auto' (CUDA when available, else the CPU), 'cpu', 'cuda'."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first parameter that is not acceptable."""
@@ -310,7 +314,7 @@ NOTEBOOK_PROFILES: dict[str, dict[str, Params]] = {
         "smoke": TeacherParams(tasks=SMOKE_TASKS, episodes=1, episode_length=20, num_samples=64, iterations=2,
                                out_dir=SMOKE_OUT),
         "default": TeacherParams(),
-        "paper": TeacherParams(episodes=10, mpc=True),
+        "paper": TeacherParams(teacher=str(PAPER_TEACHER), episodes=10, mpc=True),
     },
     "02_data": {
         "smoke": DataParams(out_dir=SMOKE_OUT),

@@ -34,7 +34,7 @@ def evaluate_models(model: WorldModel, P: TeacherParams) -> dict[str, pd.DataFra
               planner_cfg=planner_config(P.num_samples, P.iterations), episode_length=P.episode_length, progress=False)
     results = {"teacher": evaluate(model, **kw)}
     if P.released and Path(P.released).resolve() != Path(P.teacher).resolve():
-        released = load_checkpoint(P.released)
+        released = load_checkpoint(P.released, device=model.discount.device)
         if set(model.cfg.tasks.tasks) <= set(released.cfg.tasks.tasks):
             results["released student"] = evaluate(released, **{**kw, "tasks": P.tasks or list(model.cfg.tasks.tasks)})
     return results
