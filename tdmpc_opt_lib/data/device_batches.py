@@ -41,7 +41,7 @@ def choose_mode(sampler: WindowSampler, device: torch.device) -> str:
 
 def _to_device(a: np.ndarray, device: torch.device, block_rows: int = 1 << 20) -> torch.Tensor:
     """A (memory-mapped) array copied to ``device`` block by block (never whole in host memory)."""
-    out = torch.empty(a.shape, dtype=torch.from_numpy(np.asarray(a[:0])).dtype, device=device)
+    out = torch.empty(a.shape, dtype=torch.from_numpy(np.zeros(0, a.dtype)).dtype, device=device)
     for lo in range(0, a.shape[0], block_rows):
         out[lo:lo + block_rows] = torch.from_numpy(np.ascontiguousarray(a[lo:lo + block_rows]))
     return out
