@@ -43,7 +43,7 @@ def _to_device(a: np.ndarray, device: torch.device, block_rows: int = 1 << 20) -
     """A (memory-mapped) array copied to ``device`` block by block (never whole in host memory)."""
     out = torch.empty(a.shape, dtype=torch.from_numpy(np.zeros(0, a.dtype)).dtype, device=device)
     for lo in range(0, a.shape[0], block_rows):
-        out[lo:lo + block_rows] = torch.from_numpy(np.ascontiguousarray(a[lo:lo + block_rows]))
+        out[lo:lo + block_rows] = torch.from_numpy(np.array(a[lo:lo + block_rows]))    # a writable block copy
     return out
 
 
