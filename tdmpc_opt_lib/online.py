@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import data, fast
 from .checkpoints import save_checkpoint
 from .config import model_config, task_set
+from .device import resolve_device
 from .envs import MultiTaskEnv
 from .planner import Planner, PlannerConfig
 from .runstate import MetricsCSV, RunState, accumulate, due, evaluate_score, run_settings
@@ -57,7 +58,7 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
     """Run (or resume from ``cfg.out/online.pt``) online training; returns the model."""
     ts = task_set([cfg.task])
     seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * cfg.episode_length)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = WorldModel(model_config(cfg.model_size, ts, **{"task_dim": 0, **cfg.model_overrides})).to(device)
     model.eval()                        # the agent acts in eval mode (no Q dropout); updates switch modes themselves

@@ -116,8 +116,8 @@ class TrainConfig(UpdateConfig):
     compile: bool = field(default_factory=lambda: os.environ.get("TDMPC_OPT_COMPILE", "1") != "0")
     """Train through the speed layer (fast.accelerate: folded task embedding, fused kernels); off with
     TDMPC_OPT_COMPILE=0."""
-    device: str = "cpu"
-    """Torch device of the model and the batches: 'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)."""
+    device: str = "auto"
+    """Torch device of the model and the batches: 'auto' (CUDA when available, else the CPU), 'cpu', 'cuda:N'."""
     batches: str = "auto"
     """How batches reach the device: 'auto', 'direct', 'resident' (dataset on the device), 'prefetch' (pinned
     buffers filled ahead by a thread); see data.device_batches."""
