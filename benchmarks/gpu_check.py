@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -283,7 +284,7 @@ def mt30(args, device) -> dict:
     from tdmpc_opt_lib.evaluation import evaluate, normalized_score
     from tdmpc_opt_lib.planner import PlannerConfig
     m = load_checkpoint(Path(args.shared) / RELEASED, device=device)
-    workers = min(16, os.cpu_count() or 1)
+    workers = min(16, os.cpu_count() or 1) if importlib.util.find_spec("gymnasium") else 0   # 0: in this process
     kw = dict(tasks="cup-catch,cartpole-balance", episodes=1, episode_length=10, compile=False,
               planner_cfg=PlannerConfig(num_samples=64, num_elites=8, iterations=2)) if args.quick else \
         dict(tasks=None, episodes=10)
