@@ -94,12 +94,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 QUANTIZED_DEPRECATION = r"(torch\.quantize_per_tensor, torch\.quantize_per_channel and other|TypedStorage is deprecated)"
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def content_digest(path: str | os.PathLike | None) -> str | None:
-    """Content hash of a checkpoint file or a dataset folder's index (a moved file is the same file)."""
+    """Content hash of a checkpoint file or a dataset folder's index (a moved file is the same file); read once
+    per (file, size, modification time) in a process."""
     if path is None:
         return None
     path = Path(path)
     target = path / "index.json" if path.is_dir() else path
+    st = target.stat()
+    key = (str(target.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash_file(target)
+    return _DIGESTS[key]
+
+
+def _hash_file(target: Path) -> str:
     h = hashlib.sha1()
     with open(target, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

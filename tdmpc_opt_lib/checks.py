@@ -10,6 +10,7 @@ import numbers
 from typing import Any, Callable
 
 from .config import MODEL_SIZES
+from .device import is_device_spec
 
 Rule = tuple[Callable[[Any], bool], str]
 DISTILL_KINDS = ("reward", "latent-linear", "latent-pca")
@@ -60,6 +61,8 @@ RULES: dict[str, Rule] = {
     "eval_episodes": POSITIVE,
     "batch_size": POSITIVE,
     "batch_envs": POSITIVE,
+    "workers": NON_NEGATIVE,
+    "device": (is_device_spec, "'auto' (CUDA when available, else the CPU), 'cpu', 'cuda' or 'cuda:N'"),
     "horizon": POSITIVE,
     "seed": NON_NEGATIVE,
     "log_every": POSITIVE,

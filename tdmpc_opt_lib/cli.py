@@ -11,17 +11,20 @@ import typing
 from pathlib import Path
 
 from .checkpoints import CheckpointError, load_checkpoint
+from .device import AUTO, resolve_device
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate, normalized_score, task_table
     from .planner import PlannerConfig
 
-    model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size)
+    model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size,
+                            device=resolve_device(args.device))
     progress = Path(f"{args.out}.part.json") if args.out else None      # finished batches, for a restart
     df = evaluate(model, args.tasks, args.episodes, args.seed, mpc=not args.no_mpc,
                   planner_cfg=PlannerConfig(num_samples=args.samples, iterations=args.iterations),
-                  batch_envs=args.batch_envs, compile=not args.no_compile, resume=progress, cluster=args.cluster)
+                  batch_envs=args.batch_envs, compile=not args.no_compile, resume=progress, cluster=args.cluster,
+                  workers=args.workers)
     print(task_table(df).to_string())
     mode = "policy prior (no MPC)" if args.no_mpc else "MPPI"
     print(f"\nnormalized score: {normalized_score(df):.2f}  ({len(df)} episodes, {df.task.nunique()} tasks, "
@@ -137,12 +140,15 @@ def _quantize(args: argparse.Namespace) -> None:
         raise ValueError(f"--export-safetensors needs a scheme of this library ({', '.join(OUR_SCHEMES)}): "
                          "the paper recipes store torch quantized tensors, which safetensors cannot hold")
     model = load_checkpoint(args.checkpoint, task_set=args.task_set)
+    device = resolve_device(args.device)
     fp16_layers = None
     if args.scheme == "mixed":
         fp16_layers, sens = mixed_plan(model, args.budget_mib)
         print(sens[["layer", "params", "score", "fp16"]].to_string(index=False))
-    fp16_layers, hessians = resolve_defaults(model, args.scheme, fp16_layers, None,
+    # calibration rollouts and Hessians on the device; the files are written from the CPU model
+    fp16_layers, hessians = resolve_defaults(model.to(device), args.scheme, fp16_layers, None,
                                              {} if args.rounding == "nearest" else None)
+    model.cpu()
     row = write_variant(model, args.scheme, args.out, fp16_layers, hessians=hessians)
     for kind in ("full", "deployable"):
         print(f"{args.scheme} {kind:<10} {row[f'{kind}_mib']:7.3f} MiB on disk, "
@@ -167,6 +173,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="int8 schemes: GPTQ on calibration rollouts in the model's environments (default), "
                    "or round to nearest (no environments needed)")
     p.add_argument("--task-set", default=None, help="task set of a public checkpoint (default mt30)")
+    add_device_argument(p)
     p.set_defaults(func=_quantize)
 
 
@@ -201,13 +208,23 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=PROFILES, default=None, help="default: $TDMPC_OPT_PROFILE or 'default'")
     p.add_argument("--only", default=None, help="comma list of notebook names (e.g. 01_teacher)")
     p.add_argument("--out", default=str(REPO / "reports"))
+    p.add_argument("--check", action="store_true", help="only list the profile's missing input files, each with the "
+                   "command that provides it (exit status 2 when any is missing)")
+    add_device_argument(p)
     p.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> None:
+    from .study.inputs import check_report, missing_inputs
     from .study.report import build
 
-    build(args.profile, args.only.split(",") if args.only else None, args.out)
+    missing = missing_inputs(args.profile)
+    if args.check or not missing.empty:
+        print(check_report(args.profile))
+        if not missing.empty:
+            raise ValueError("inputs missing; nothing was run")
+        return
+    build(args.profile, args.only.split(",") if args.only else None, args.out, device=args.device)
 
 
 def _add_grid(sub: argparse._SubParsersAction) -> None:
@@ -258,6 +275,11 @@ def _strip_notebooks(args: argparse.Namespace) -> None:
     strip_notebooks(record=args.record)
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=AUTO, help="torch device: 'auto' (CUDA when available, else the CPU), "
+                        "'cpu', 'cuda' or 'cuda:N' (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tdmpc_opt_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -274,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--iterations", type=int, default=6, help="MPPI iterations")
     ev.add_argument("--batch-envs", type=int, default=64, help="episodes planned together in lock-step")
     ev.add_argument("--no-compile", action="store_true", help="without the speed layer (fast.accelerate, torch.compile of the planner)")
+    ev.add_argument("--workers", type=int, default=0, help="environment worker processes (0: step them in this process)")
+    add_device_argument(ev)
     ev.add_argument("--cluster", default=None, help="'auto' or 'host:port': each batch as a task on that Ray cluster")
     ev.add_argument("--out", default=None, help="CSV of per-episode results; finished batches are kept in "
                     "<out>.part.json until it is written, and a restart skips them")

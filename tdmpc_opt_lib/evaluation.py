@@ -3,7 +3,9 @@ task score = return / 10, normalized score = mean of task scores.
 
 Episodes of all requested tasks run in lock-step so that one batched planner call serves them all.
 Episode ``e`` of seed ``s`` runs in an environment seeded ``s * 1000 + e``; the planner's random
-stream is seeded with ``s``.
+stream is seeded with ``s``. Environments step in this process or, with ``workers``, in worker processes
+(:mod:`tdmpc_opt_lib.envs.vector`): the same seeds give the same returns either way. Tensors live on the
+model's device; environments take float64 actions on the host.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 
 from . import checks, fast
 from .checkpoints import atomic_write_text
-from .envs import MultiTaskEnv
+from .envs import EPISODE_LENGTH, MultiTaskEnv
+from .envs.vector import LocalEnvs, WorkerEnvs
 from .planner import Planner, PlannerConfig
 from .runstate import Stop, preempted, preemption, run_lock
 from .world_model import WorldModel
@@ -50,6 +53,8 @@ def resolve_tasks(model: WorldModel, tasks: str | list[str] | None) -> list[str]
 @torch.no_grad()
 def policy_actions(model: WorldModel, obs: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
     """Acting without planning: the policy prior's mean action."""
+    dev = model.discount.device
+    obs, task = obs.to(dev), task.to(dev)
     _, info = model.pi(model.encode(obs, task), task)
     return info["mean"]
 
@@ -57,10 +62,11 @@ def policy_actions(model: WorldModel, obs: torch.Tensor, task: torch.Tensor) -> 
 def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: int = 2, seed: int = 0,
              mpc: bool = True, planner_cfg: PlannerConfig | None = None, batch_envs: int = 64,
              compile: bool | None = None, episode_length: int | None = None, progress: bool = True,
-             resume: str | os.PathLike | None = None, cluster: str | None = None) -> pd.DataFrame:
+             resume: str | os.PathLike | None = None, cluster: str | None = None, workers: int = 0) -> pd.DataFrame:
     """Run ``episodes`` per task; one row per episode: task, episode, seed, return, score, steps.
 
     ``episode_length`` shortens episodes (smoke runs only; scores are then not the protocol's).
+    ``workers``: step the environments in that many worker processes (0: in this process).
     ``compile``: the speed layer (:func:`tdmpc_opt_lib.fast.accelerate`, a ``torch.compile``'d planner); on
     unless ``TDMPC_OPT_COMPILE=0``. ``resume``: a JSON file that keeps the rows of finished batches (of
     ``batch_envs`` episodes); a run killed, or stopped by SIGTERM / SIGINT (:class:`~tdmpc_opt_lib.runstate.Preempted`),
@@ -68,7 +74,7 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     "host:port"); each batch then runs as one Ray task, with the same rows (:func:`tdmpc_opt_lib.cluster.evaluate_split`).
     """
     checks.check_values({"episodes": episodes, "seed": seed, "mpc": mpc, "batch_envs": batch_envs,
-                         "episode_length": episode_length})
+                         "episode_length": episode_length, "workers": workers})
     names = resolve_tasks(model, tasks)
     if compile is None:
         compile = os.environ.get("TDMPC_OPT_COMPILE", "1") != "0"
@@ -97,13 +103,15 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
                         "planner": dataclasses.asdict(planner_cfg or PlannerConfig()) if mpc else None}
             stack.enter_context(run_lock(resume.parent, f"{resume.name}.lock"))
             stop, done = stack.enter_context(preemption()), _finished_batches(resume, settings)
+        pool = WorkerEnvs(model.cfg.tasks, workers, min(batch_envs, len(jobs))) if workers else LocalEnvs(model.cfg.tasks)
+        stack.callback(pool.close)
         for lo in range(0, len(jobs), batch_envs):
             if str(lo) in done:
                 rows += done[str(lo)]
                 continue
             batch = jobs[lo:lo + batch_envs]
             planner = Planner(runner, planner_cfg, seed=seed + lo, compile=compile) if mpc else None
-            rows += _run_batch(runner, planner, batch, seed, episode_length, progress,
+            rows += _run_batch(runner, planner, pool, batch, seed, episode_length, progress,
                                label=f"{lo + 1}-{lo + len(batch)}/{len(jobs)}", stop=stop)
             if resume is not None:
                 done[str(lo)] = rows[-len(batch):]
@@ -142,24 +150,24 @@ def _finished_batches(path: Path, settings: dict) -> dict[str, list[dict]]:
     return saved["batches"]
 
 
-def _run_batch(model: WorldModel, planner: Planner | None, batch: list[tuple[str, int]], seed: int,
-               episode_length: int | None, progress: bool, label: str, stop: Stop | None = None) -> list[dict]:
-    """Episodes ``batch`` ((task, episode) pairs) in lock-step, acting with ``planner`` (None: the policy
-    prior); one row per episode. ``stop`` set (:func:`~tdmpc_opt_lib.runstate.preemption`): raise
-    :class:`~tdmpc_opt_lib.runstate.Preempted` (the batch's episodes are dropped; they run again from their start)."""
-    envs = [MultiTaskEnv(t, model.cfg.tasks, seed=episode_seed(seed, e)) for t, e in batch]
-    T = episode_length or envs[0].episode_length
-    task = torch.tensor([env.task_id for env in envs])
-    obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
-    returns = np.zeros(len(envs))
+def _run_batch(model: WorldModel, planner: Planner | None, pool: LocalEnvs | WorkerEnvs,
+               batch: list[tuple[str, int]], seed: int, episode_length: int | None, progress: bool,
+               label: str, stop: Stop | None = None) -> list[dict]:
+    """Episodes ``batch`` ((task, episode) pairs) in lock-step in ``pool``'s environments, acting with
+    ``planner`` (None: the policy prior); one row per episode. ``stop`` set (:func:`~tdmpc_opt_lib.runstate.preemption`):
+    raise :class:`~tdmpc_opt_lib.runstate.Preempted` (the batch's episodes are dropped; they run again from their start)."""
+    T = episode_length or EPISODE_LENGTH
+    dev = model.discount.device
+    task = torch.tensor([model.cfg.tasks.index(t) for t, _ in batch], device=dev)
+    obs = pool.start([(t, episode_seed(seed, e)) for t, e in batch])
+    returns = np.zeros(len(batch))
     for t in tqdm(range(T), desc=f"eval {label} episodes", disable=not progress, leave=False):
         if stop:
             raise preempted(stop, "evaluation", f"in episodes {label}")
-        act = planner.plan(obs, task, t0=t == 0) if planner else policy_actions(model, obs, task)
-        act = act.numpy().astype(np.float64)
-        steps = [env.step(a) for env, a in zip(envs, act)]
-        obs = torch.from_numpy(np.stack([s[0] for s in steps]))
-        returns += [s[1] for s in steps]
+        x = torch.from_numpy(obs).to(dev)
+        act = planner.plan(x, task, t0=t == 0) if planner else policy_actions(model, x, task)
+        obs, reward = pool.step(act.cpu().numpy().astype(np.float64))
+        returns += reward
     return [{"task": t, "episode": e, "seed": episode_seed(seed, e), "return": r, "score": r / 10, "steps": T}
             for (t, e), r in zip(batch, returns)]
 
@@ -183,12 +191,13 @@ def rollout_frames(model: WorldModel, task: str, frame_steps: list[int], seed: i
     model.eval()
     env = MultiTaskEnv(task, model.cfg.tasks, seed=episode_seed(seed, 0))
     planner = Planner(model, planner_cfg, seed=seed) if mpc else None
-    task_id = torch.tensor([env.task_id])
-    obs, ret, rows = torch.from_numpy(env.reset())[None], 0.0, []
+    dev = model.discount.device
+    task_id = torch.tensor([env.task_id], device=dev)
+    obs, ret, rows = torch.from_numpy(env.reset())[None].to(dev), 0.0, []
     for t in range(max(frame_steps) + 1):
         if t in frame_steps:
             rows.append({"task": task, "step": t, "return": ret, "frame": env.render(width, height)})
         act = planner.plan(obs, task_id, t0=t == 0) if planner else policy_actions(model, obs, task_id)
-        o, r, _, _ = env.step(act[0].numpy().astype(np.float64))
-        obs, ret = torch.from_numpy(o)[None], ret + r
+        o, r, _, _ = env.step(act[0].cpu().numpy().astype(np.float64))
+        obs, ret = torch.from_numpy(o)[None].to(dev), ret + r
     return pd.DataFrame(rows)

@@ -46,9 +46,16 @@ def td_target(reward: torch.Tensor, discount: torch.Tensor, next_q: torch.Tensor
     return reward + discount.unsqueeze(-1) * next_q
 
 
+_QUANTILES: dict[torch.device, torch.Tensor] = {}
+
+
 def q_scale(scale: torch.Tensor, q0: torch.Tensor, tau: float) -> torch.Tensor:
-    """Running Q scale ``lerp(S, max(1, p95 − p5 of q0), tau)``, percentiles linearly interpolated over the batch."""
-    p5, p95 = torch.quantile(q0.detach().reshape(-1).float(), torch.tensor([0.05, 0.95], device=q0.device))
+    """Running Q scale ``lerp(S, max(1, p95 − p5 of q0), tau)``, percentiles linearly interpolated over the batch.
+    The percentile levels are a tensor kept per device (no host-to-device copy per update)."""
+    levels = _QUANTILES.get(q0.device)
+    if levels is None:
+        levels = _QUANTILES[q0.device] = torch.tensor([0.05, 0.95], device=q0.device)
+    p5, p95 = torch.quantile(q0.detach().reshape(-1).float(), levels)
     return torch.lerp(scale, torch.clamp(p95 - p5, min=1.0), tau)
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import checks, data, fast
 from .checkpoints import save_checkpoint
 from .config import model_config, task_set
+from .device import resolve_device
 from .envs import MultiTaskEnv
 from .planner import Planner, PlannerConfig
 from .runstate import (MetricsCSV, NumericalGuard, RunState, accumulate, due, evaluate_score, preempted, preemption,
@@ -65,7 +66,7 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
     """Run (or resume from ``cfg.out/online.pt``) online training; returns the model."""
     ts = task_set([cfg.task])
     seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * cfg.episode_length)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = WorldModel(model_config(cfg.model_size, ts, **{"task_dim": 0, **cfg.model_overrides})).to(device)
     model.eval()                        # the agent acts in eval mode (no Q dropout); updates switch modes themselves
@@ -78,7 +79,7 @@ def train_online(cfg: OnlineConfig, progress: bool = True) -> WorldModel:
     out = Path(cfg.out)
     run_state = RunState(out / "online.pt", ONLINE_FORMAT, _run_config(cfg))
     with run_lock(out), preemption() as stop:  # preempted: stops at the end of the current episode
-        state = run_state.load(device)
+        state = run_state.load()
         step, episode, credit = 0, 0, 0.0
         guard = NumericalGuard(GUARDED)
         if state is not None:

@@ -48,7 +48,7 @@ class PlannerConfig:
 def _select(elite_actions: torch.Tensor, score: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Pick one elite trajectory per environment by Gumbel-max over ``score [N, E]`` → ``[N, H, A]``."""
     idx = math.gumbel_argmax(score, generator)
-    return elite_actions[torch.arange(score.shape[0]), :, idx]
+    return elite_actions[torch.arange(score.shape[0], device=score.device), :, idx]
 
 
 @torch.no_grad()
@@ -60,11 +60,13 @@ def plan_reference(model: WorldModel, obs: torch.Tensor, task: int, prev_mean: t
     ``prev_mean`` is the previous call's mean (None on the first step of an episode).
     """
     H, S, P, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, model.cfg.action_dim
-    t = torch.tensor([task])
+    dev = model.discount.device
+    obs = obs.to(dev)
+    t = torch.tensor([task], device=dev)
     mask = model.action_mask(task)
     gamma = model.discount[task]
     z = model.encode(obs.unsqueeze(0), t)
-    pi_actions = torch.empty(H, P, A)
+    pi_actions = torch.empty(H, P, A, device=dev)
     if P:
         _z = z.repeat(P, 1)
         for h in range(H):
@@ -72,14 +74,14 @@ def plan_reference(model: WorldModel, obs: torch.Tensor, task: int, prev_mean: t
             if h < H - 1:
                 _z = model.next(_z, pi_actions[h], t)
     z = z.repeat(S, 1)
-    mean = torch.zeros(H, A)
+    mean = torch.zeros(H, A, device=dev)
     if prev_mean is not None:
         mean[:-1] = prev_mean[1:]
-    std = torch.full((H, A), cfg.max_std)
-    actions = torch.empty(H, S, A)
+    std = torch.full((H, A), cfg.max_std, device=dev)
+    actions = torch.empty(H, S, A, device=dev)
     actions[:, :P] = pi_actions
     for _ in range(cfg.iterations_for(A)):
-        noise = torch.randn(H, S - P, A, generator=generator)
+        noise = torch.randn(H, S - P, A, generator=generator, device=dev)
         actions[:, P:] = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(-1, 1)
         actions = actions * mask
         # value of each trajectory: discounted model rewards + bootstrapped Q at the horizon
@@ -100,7 +102,7 @@ def plan_reference(model: WorldModel, obs: torch.Tensor, task: int, prev_mean: t
     chosen = _select(elite_actions.unsqueeze(0), score.unsqueeze(0), generator)[0]
     action = chosen[0]
     if not eval_mode:
-        action = action + std[0] * torch.randn(A, generator=generator)
+        action = action + std[0] * torch.randn(A, generator=generator, device=dev)
     return action.clamp(-1, 1), mean
 
 

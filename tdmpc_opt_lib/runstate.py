@@ -36,11 +36,12 @@ class RunState:
     def __init__(self, path: str | os.PathLike, format: str, run: dict):
         self.path, self.format, self.run = Path(path), format, run
 
-    def load(self, device: str | torch.device = "cpu") -> dict | None:
-        """The saved state, or None when there is none (a fresh run)."""
+    def load(self) -> dict | None:
+        """The saved state, on the CPU (restoring moves each tensor to where it belongs), or None when there is
+        none (a fresh run)."""
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location=device, weights_only=True)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
         if state.get("format") != self.format:
             raise CheckpointError(f"{self.path} is not a resume state of this library's format {self.format!r}")
         check_same_run(self.path.parent, self.run, state["run"])
@@ -48,18 +49,37 @@ class RunState:
 
     @staticmethod
     def restore(state: dict, model, learner, sampler) -> int:
-        """Load the weights, optimizer, sampler and torch RNG states saved by :meth:`save`; returns the step."""
+        """Load the weights, optimizer, sampler and torch RNG states (CPU, and CUDA where saved) written by
+        :meth:`save`; returns the step."""
         model.load_state_dict(state["model"])
         learner.load_state_dict(state["learner"])
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        restore_rng(state)
         return state["step"]
 
     def save(self, step: int, model, learner, sampler, **extra) -> None:
         """Write the state atomically (a kill leaves the previous one); ``extra``: more entries to keep."""
         atomic_save({"format": self.format, "run": self.run, "step": step, "model": model.state_dict(),
-                     "learner": learner.state_dict(), "sampler": sampler.state_dict(),
-                     "torch_rng": torch.get_rng_state(), **extra}, self.path)
+                     "learner": learner.state_dict(), "sampler": sampler.state_dict(), **rng_states(), **extra},
+                    self.path)
+
+
+def rng_states() -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """Torch's CPU RNG state and, once CUDA is in use, every CUDA device's."""
+    states: dict = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(state: dict) -> None:
+    """Set the RNG states of :func:`rng_states` (the CPU one from a CPU tensor; the CUDA ones where saved)."""
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state.get("cuda_rng") is not None:
+        if not torch.cuda.is_available():
+            raise ValueError("this run was saved with CUDA random states and CUDA is not available here: "
+                         "resume it on a CUDA machine (or start a new run)")
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
 
 def run_settings(cfg, ignore: set[str]) -> dict:
@@ -90,7 +110,8 @@ def evaluate_score(model, tasks: list[str] | None, episodes: int, seed: int, **k
     """Normalized score of :func:`evaluation.evaluate` (``kwargs`` go to it); the training RNG streams are
     left untouched."""
     from .evaluation import evaluate, normalized_score
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         df = evaluate(model, tasks, episodes, seed, progress=False, **kwargs)
     return normalized_score(df)
 

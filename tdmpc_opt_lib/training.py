@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -31,6 +32,9 @@ from . import fast
 from .checkpoints import CheckpointError, content_digest, load_checkpoint, save_checkpoint
 from .config import ModelConfig, model_config, task_set
 from .data import Dataset, WindowSampler
+from .data.device_batches import DeviceBatches
+from .device import resolve_device
+from .fast.precision import PRECISIONS
 from .runstate import (MetricsCSV, NumericalGuard, RunState, accumulate, evaluate_score, preempted, preemption,
                        run_lock, run_settings)
 from .runstate import read_metrics  # noqa: F401  (notebooks read run logs as training.read_metrics)
@@ -120,15 +124,23 @@ class TrainConfig(UpdateConfig):
     compile: bool = field(default_factory=lambda: os.environ.get("TDMPC_OPT_COMPILE", "1") != "0")
     """Train through the speed layer (fast.accelerate: folded task embedding, fused kernels); off with
     TDMPC_OPT_COMPILE=0."""
-    device: str = "cpu"
-    """Torch device of the model and the batches."""
+    device: str = "auto"
+    """Torch device of the model and the batches: 'auto' (CUDA when available, else the CPU), 'cpu', 'cuda:N'."""
+    batches: str = "auto"
+    """How batches reach the device: 'auto', 'direct', 'resident' (dataset on the device), 'prefetch' (pinned
+    buffers filled ahead by a thread); see data.device_batches."""
+    cuda_graph: bool = False
+    """CUDA only: capture the whole update once as a CUDA graph and replay it (Adam with capturable=True)."""
+    teacher_precision: str = "fp32"
+    """CUDA only: the frozen teacher's forward in 'tf32' or 'bf16' instead of 'fp32', used only where its rewards
+    and latents on the first batch stay within fast.precision.TOLERANCE of float32 (else fp32, with a warning)."""
 
     rules: ClassVar[dict[str, checks.Rule]] = {"model_size": checks.optional(checks.RULES["model_size"])}
 
 
 # Settings that may change when a run is resumed (everything else must match the checkpoint).
 RESUMABLE = {"steps", "eval_every", "eval_episodes", "eval_episode_length", "eval_mpc", "compile", "device",
-             "checkpoint_every"}
+             "checkpoint_every", "batches", "cuda_graph", "teacher_precision"}
 
 
 class LatentProjection(nn.Module):
@@ -183,7 +195,8 @@ class Learner:
     """Owns the optimizers, the running Q scale and the (optional) teacher; ``update`` is one gradient step."""
 
     def __init__(self, model: WorldModel, cfg: UpdateConfig, teacher: WorldModel | None = None,
-                 projection: LatentProjection | None = None):
+                 projection: LatentProjection | None = None, capturable: bool = False,
+                 teacher_precision: str = "fp32"):
         if cfg.distill not in DISTILL_KINDS:
             raise ValueError(f"distill must be one of {DISTILL_KINDS}, got {cfg.distill!r}")
         if (teacher is None) != (cfg.d_coef == 0):
@@ -192,13 +205,14 @@ class Learner:
             check_teacher(teacher.cfg, model.cfg)
             teacher.eval().requires_grad_(False)
         self.model, self.cfg, self.teacher, self.projection = model, cfg, teacher, projection
+        self.teacher_precision = teacher_precision
         groups = [{"params": model._encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale},
                   {"params": model._dynamics.parameters()}, {"params": model._reward.parameters()},
                   {"params": model._Qs.parameters()}, {"params": model._task_emb.parameters()}]
         if projection is not None and projection.kind == "latent-linear":
             groups.append({"params": projection.parameters()})
-        self.optim = torch.optim.Adam(groups, lr=cfg.lr, fused=True)
-        self.pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+        self.optim = torch.optim.Adam(groups, lr=cfg.lr, fused=True, capturable=capturable)
+        self.pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5, fused=True, capturable=capturable)
         self.params = [p for g in self.optim.param_groups for p in g["params"]]
         self.scale = torch.ones((), device=model.discount.device)
 
@@ -229,14 +243,14 @@ class Learner:
     def distill_losses(self, obs0, a0, task, student_reward_logits, student_next_z, out: dict) -> torch.Tensor:
         """TD-MPC-Opt reward distillation at (obs[0], a[0]) (+ next-latent distillation for the latent variants)."""
         t, mc = self.teacher, self.model.cfg
-        with torch.no_grad():
-            zt = t.encode(obs0, task)
-            teacher_reward_logits = t.reward(zt, a0, task)
+        with torch.no_grad(), fast.lowered_precision(self.teacher_precision, obs0.device):
+            zt = t.encode(obs0, task).float()
+            teacher_reward_logits = t.reward(zt, a0, task).float()
         out["distill"] = losses.reward_distill_loss(student_reward_logits, teacher_reward_logits, mc.vmin, mc.vmax)
         if self.projection is None:
             return out["distill"]
-        with torch.no_grad():
-            zt_next = t.next(zt, a0, task)
+        with torch.no_grad(), fast.lowered_precision(self.teacher_precision, obs0.device):
+            zt_next = t.next(zt, a0, task).float()
         out["latent_distill"] = losses.latent_distill_loss(student_next_z, self.projection(zt_next))
         return out["distill"] + out["latent_distill"]
 
@@ -262,7 +276,7 @@ class Learner:
         # policy's first layer then computes no input gradient.
         a, info = m.pi(zs, task, detach=True)
         q = m.Q(zs, a, task, return_type="avg", detach=True)
-        self.scale = losses.q_scale(self.scale, q[0], c.tau)
+        self.scale.copy_(losses.q_scale(self.scale, q[0], c.tau))      # in place: a captured update replays it
         out["pi"] = losses.policy_loss(q, info["scaled_entropy"], self.scale, c.rho, c.entropy_coef)
         out["pi"].backward()
         out["pi_grad_norm"] = clip_grad_norm(m._pi.parameters(), c.grad_clip)
@@ -271,7 +285,7 @@ class Learner:
 
         m.sync_target(c.tau)
         m.eval()
-        out["pi_scale"], out["pi_entropy"] = self.scale, info["entropy"].mean()
+        out["pi_scale"], out["pi_entropy"] = self.scale.clone(), info["entropy"].mean()
         return {k: v.detach() for k, v in out.items()}
 
     def state_dict(self) -> dict:
@@ -281,7 +295,7 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.optim.load_state_dict(state["optim"])
         self.pi_optim.load_state_dict(state["pi_optim"])
-        self.scale = state["scale"].to(self.scale.device)
+        self.scale.copy_(state["scale"])
         if self.projection is not None:
             self.projection.load_state_dict(state["projection"])
 
@@ -308,13 +322,36 @@ def _run_config(cfg: TrainConfig) -> dict:
     return run
 
 
+def _update_fn(learner: Learner, cfg: TrainConfig, batches: DeviceBatches):
+    """``learner.update``, captured as a CUDA graph with ``cfg.cuda_graph``; with a lowered teacher precision, only
+    where the first batch shows the teacher within tolerance (else float32, with a warning)."""
+    if learner.teacher is not None and cfg.teacher_precision != "fp32":
+        probe = batches.sampler.sample()      # drawn from a copy of the sampler's state: the run's batches are unchanged
+        batches.sampler.load_state_dict(batches.state_dict())
+        ok, err = fast.precision_within_tolerance(
+            learner.teacher, {k: v.to(batches.device) for k, v in probe.items()}, cfg.teacher_precision)
+        if not ok:
+            warnings.warn(f"teacher in {cfg.teacher_precision} moves its outputs by {err} (tolerance "
+                          f"{fast.precision.TOLERANCE}): keeping float32")
+        learner.teacher_precision = cfg.teacher_precision if ok else "fp32"
+    if cfg.cuda_graph:
+        from .fast.graphs import CapturedUpdate
+        return CapturedUpdate(learner)
+    return learner.update
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
     """Train (or resume, if ``cfg.out/train.pt`` exists) and return the model; writes to ``cfg.out``:
     ``metrics.csv``, ``train.pt`` (resume state), ``model.pt`` (final weights, :func:`load_checkpoint`-able).
     """
     if cfg.checkpoint_every % cfg.log_every or (cfg.eval_every and cfg.eval_every % cfg.log_every):
         raise ValueError("checkpoint_every and eval_every must be multiples of log_every")
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
+    if cfg.teacher_precision not in PRECISIONS:
+        raise ValueError(f"teacher_precision must be one of {PRECISIONS}, got {cfg.teacher_precision!r}")
+    if device.type != "cuda" and (cfg.cuda_graph or cfg.teacher_precision != "fp32"):
+        raise ValueError(f"cuda_graph and teacher_precision {cfg.teacher_precision!r} apply to CUDA runs only "
+                         f"(device {device})")
     ds = Dataset.open(cfg.data)
     model_cfg = model_config(cfg.model_size, task_set(ds.tasks), **cfg.model_overrides)
     teacher = None
@@ -336,22 +373,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
     projection = None
     if cfg.distill != "reward" and teacher is not None:
         projection = LatentProjection(cfg.distill, teacher.cfg.latent_dim, model_cfg.latent_dim).to(device)
-    if cfg.compile:  # the speed layer: folded task embedding, fused kernels (same parameters; ×1.5 per update)
-        learner = Learner(fast.accelerate(model), cfg, fast.accelerate(teacher) if teacher is not None else None,
-                          projection)
-    else:
-        learner = Learner(model, cfg, teacher, projection)
+    speed = fast.accelerate if cfg.compile else (lambda m: m)  # folded task embedding, fused kernels (×1.5)
+    learner = Learner(speed(model), cfg, speed(teacher) if teacher is not None else None, projection,
+                      capturable=cfg.cuda_graph)
     sampler = WindowSampler(ds, cfg.horizon, cfg.batch_size, seed=cfg.seed, tasks=cfg.tasks)
+    batches = DeviceBatches(sampler, device, cfg.batches)
 
     out = Path(cfg.out)
     run_state = RunState(out / "train.pt", TRAIN_FORMAT, _run_config(cfg))
     guard = NumericalGuard(GUARDED)
     with run_lock(out), preemption() as stop:
-        state = run_state.load(device)
+        state = run_state.load()
         sums: dict[str, torch.Tensor] = {}
         n_last = 0
         if state is not None:
-            step = saved = run_state.restore(state, model, learner, sampler)
+            step = saved = run_state.restore(state, model, learner, batches)
             sums, n_last = state.get("sums", {}), state.get("n_since_log", 0)   # set when stopped between log rows
         else:
             step = saved = 0
@@ -359,13 +395,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
             if projection is not None and projection.kind == "latent-pca":
                 fit_pca_projection(projection, learner.teacher, ds, cfg.pca_samples, cfg.seed)   # as training sees it
         log = MetricsCSV(out / "metrics.csv", CSV_COLUMNS, keep_until=step)
+        update = _update_fn(learner, cfg, batches)
 
         t_last, start = time.perf_counter(), time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
         while step < cfg.steps:
-            batch = {k: v.to(device, non_blocking=True) for k, v in sampler.sample().items()}
+            batch = batches.next()
             with fast.cpu_runtime(device):
-                metrics = learner.update(**batch)
+                metrics = update(**batch)
             step += 1
             guard.watch(step, metrics)
             accumulate(sums, metrics)
@@ -385,12 +422,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 guard.check(f"training {out}", saved)
                 between_rows = {"sums": sums, "n_since_log": n_last} if n_last else {}
-                run_state.save(step, model, learner, sampler, **between_rows)
+                run_state.save(step, model, learner, batches, **between_rows)
                 saved = step
                 if stop and step < cfg.steps:
                     raise preempted(stop, f"training {out}", f"at step {step}")
             if n_last == 0:
                 t_last = time.perf_counter()
         bar.close()
+        batches.close()
         save_checkpoint(model, out / "model.pt", step=step)
     return model

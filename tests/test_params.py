@@ -12,8 +12,10 @@ def test_profile_defaults_and_overrides(monkeypatch):
     assert p.profile == "default" and p.episodes == 2 and p.episode_length is None
     assert resolve("01_teacher", profile="smoke").episode_length == 20
     monkeypatch.setenv("TDMPC_OPT_PROFILE", "paper")
-    assert resolve("01_teacher").episodes == 10
-    assert resolve("01_teacher", episodes=3).episodes == 3
+    with pytest.raises(ValueError, match="'teacher' must be .*data/checkpoints/mt30-317M.pt"):   # the paper's teacher
+        resolve("01_teacher")
+    assert resolve("01_teacher", teacher=__file__).episodes == 10
+    assert resolve("01_teacher", teacher=__file__, episodes=3).episodes == 3
 
 
 @pytest.mark.parametrize("name, value, message", [

@@ -353,7 +353,7 @@ def test_sigterm_stops_a_long_evaluation_and_the_restart_skips_finished_batches(
     progress = json.loads((tmp_path / "res.csv.part.json").read_text())
     assert sorted(progress["batches"]) == ["0", "1"] and not (tmp_path / "res.csv").exists()
     ran, real = [], evaluation._run_batch
-    monkeypatch.setattr(evaluation, "_run_batch", lambda *a, **k: ran.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(evaluation, "_run_batch", lambda *a, **k: ran.append(a[3]) or real(*a, **k))
     assert main(argv) == 0
     assert ran == [[("reacher-easy", 0)], [("reacher-easy", 1)]]  # only the unfinished batches ran again
     assert not (tmp_path / "res.csv.part.json").exists()

@@ -5,7 +5,12 @@ Entry points switch it on explicitly (``train``, ``evaluate``, the benchmarks):
 - :func:`accelerate` — the same model with the task embedding folded into the first layers (:mod:`.fold`) and
   fused LayerNorm+activation kernels (:mod:`.fused`, C kernels on CPU: :mod:`.kernels`);
 - :func:`cpu_runtime` — process settings for the CPU hot paths (:mod:`.runtime`): float32 matmuls through
-  oneDNN where a probe finds them exact, and glibc's malloc keeping freed memory.
+  oneDNN where a probe finds them exact, and glibc's malloc keeping freed memory (a no-op off the CPU);
+- :func:`lowered_precision` — the frozen teacher's forward in TF32/bf16 on CUDA (:mod:`.precision`);
+- :class:`.graphs.CapturedUpdate` — a training update captured once as a CUDA graph and replayed.
+
+On CUDA the fused layers run ``torch.compile``'d kernels instead of the C ones, dropout draws one number per
+element, and nothing of :mod:`.runtime` is touched.
 
 Every piece computes what the plain model computes, to float rounding, and has a switch: ``TDMPC_OPT_COMPILE=0``
 (no acceleration at the entry points), ``TDMPC_OPT_CKERNELS=0``, ``TDMPC_OPT_ONEDNN=0``, ``TDMPC_OPT_MALLOC=0``.
@@ -22,10 +27,11 @@ import torch
 
 from ..world_model import WorldModel
 from .fused import FUSED
+from .precision import lowered_precision, precision_within_tolerance
 from .runtime import keep_freed_memory, onednn_fp32_matmul
 from .world_model import FastWorldModel
 
-__all__ = ["FastWorldModel", "accelerate", "cpu_runtime"]
+__all__ = ["FastWorldModel", "accelerate", "cpu_runtime", "lowered_precision", "precision_within_tolerance"]
 
 
 def accelerate(model: WorldModel) -> FastWorldModel:

@@ -25,9 +25,13 @@ def dropout_scale(shape: torch.Size, p: float, device: torch.device | None = Non
 
     The same distribution as ``F.dropout``, sampled through the gaps between dropped elements
     (geometric, drawn by inversion): ~n·p random numbers instead of one per element, which
-    matters on CPU where a Bernoulli draw per element costs more than the layer it masks."""
+    matters on CPU where a Bernoulli draw per element costs more than the layer it masks. On other devices, one
+    uniform draw per element (the gap walk's loop would wait for the device at every round)."""
     if not 0 < p < 1:
         raise ValueError(f"dropout probability must be in (0, 1), got {p}")
+    if device is not None and torch.device(device).type != "cpu":
+        keep = torch.rand(shape, generator=generator, device=device) >= p
+        return keep.to(dtype or torch.float32) * (1 / (1 - p))
     n = math.prod(shape)
     scale = torch.full(shape, 1 / (1 - p), device=device, dtype=dtype)
     expected = n * p

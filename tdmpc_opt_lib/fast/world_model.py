@@ -62,7 +62,8 @@ class FastWorldModel(WorldModel):
         if done is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(state(), done)):
             with torch.no_grad():
                 norm = w.norm(dim=1)
-                used = torch.bincount(task.reshape(-1), minlength=w.shape[0]) > 0
+                # the rows looked up, marked without a host synchronisation (bincount's length needs one on a GPU)
+                used = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device).index_fill_(0, task.reshape(-1), True)
                 w.mul_(torch.where(used & (norm > 1), 1 / (norm + 1e-7), 1.0).unsqueeze(1))
             self.__dict__["_renormed"] = state()
             self.__dict__["_renormed_task"] = task     # kept alive: its memory cannot hold other tasks meanwhile

@@ -116,7 +116,8 @@ def forward_latency_ms(model: WorldModel, inputs: Inputs, steps: int = 10) -> fl
 def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] = SCHEMES,
                        out_dir: str | os.PathLike = "quantized", eval_kwargs: dict | None = None,
                        inputs: Inputs | None = None, latency_steps: int = 10, held_out: Inputs | None = None,
-                       return_episodes: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame | None]:
+                       return_episodes: bool = False,
+                       device: str | torch.device = "cpu") -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame | None]:
     """Write, reload and measure each scheme; one row per scheme.
 
     Columns: sizes (:func:`write_variant`), max prediction errors (``err_*``) of the reloaded model vs
@@ -126,6 +127,8 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
     of :func:`~tdmpc_opt_lib.evaluation.evaluate`), ``score`` (normalized score), ``plan_ms`` (Planner
     latency per action, with ``eval_kwargs["planner_cfg"]``) and ``forward_ms`` (:func:`forward_latency_ms`);
     with ``return_episodes`` it returns ``(table, per-episode results of all schemes with a scheme column)``.
+    ``device``: where the calibration rollouts and Hessians run (a copy of the model); the quantized models run on
+    the CPU (torch's quantized kernels are CPU-only).
     """
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown:
@@ -134,7 +137,9 @@ def quantization_table(model: WorldModel, schemes: list[str] | tuple[str, ...] =
     ref = predictions(copy.deepcopy(model).eval(), *inputs)
     held_out = held_out or calibration_rollouts(model, steps=40, seed=1)
     ref_held = predictions(copy.deepcopy(model).eval(), *held_out)
-    hessians = calibration_hessians(model) if any(map(calibrated, schemes)) else None
+    hessians = None
+    if any(map(calibrated, schemes)):
+        hessians = calibration_hessians(copy.deepcopy(model).to(device) if torch.device(device).type != "cpu" else model)
     out_dir = Path(out_dir)
     rows, episodes = [], []
     for scheme in schemes:

@@ -20,15 +20,16 @@ Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # obs [B, obs_dim], ac
 def calibration_rollouts(model: WorldModel, steps: int = 60, seed: int = 0, noise: float = 0.3) -> Inputs:
     """Real (obs, action, task) rows: one episode start per task of the model's set, acted on for ``steps``
     steps with the policy prior's mean plus Gaussian noise (std ``noise``, clamped to [-1, 1]). The
-    environments are seeded ``CALIBRATION_ENV_SEED + seed``, apart from every evaluation episode's seed."""
+    environments are seeded ``CALIBRATION_ENV_SEED + seed``, apart from every evaluation episode's seed. The model
+    may sit on any device; the noise is drawn on the CPU and the rows are returned there."""
     g = torch.Generator().manual_seed(seed)
     envs = [MultiTaskEnv(t, model.cfg.tasks, seed=CALIBRATION_ENV_SEED + seed) for t in model.cfg.tasks.tasks]
     task = torch.tensor([env.task_id for env in envs])
-    mask = model.action_mask(task)
+    mask = model.action_mask(task).cpu()
     obs = torch.from_numpy(np.stack([env.reset() for env in envs]))
     rows_obs, rows_act = [], []
     for _ in range(steps):
-        act = (policy_actions(model, obs, task) + noise * torch.randn(mask.shape, generator=g)).clamp(-1, 1) * mask
+        act = (policy_actions(model, obs, task).cpu() + noise * torch.randn(mask.shape, generator=g)).clamp(-1, 1) * mask
         rows_obs.append(obs)
         rows_act.append(act)
         obs = torch.from_numpy(np.stack([env.step(a.numpy().astype(np.float64))[0] for env, a in zip(envs, act)]))
@@ -55,8 +56,10 @@ def layer_hessians(model: WorldModel, inputs: Inputs, horizon: int = 3, seed: in
     """``Σ x xᵀ`` (float64) of every online matmul layer's inputs while the model works as the planner
     uses it: encode ``obs``; then ``horizon`` latent steps (the given actions first, uniform random ones
     after), each evaluating reward, next latent, the policy and every Q head on the action and on the
-    policy's. Ensembles get one matrix per head ``[heads, in, in]``."""
+    policy's. Ensembles get one matrix per head ``[heads, in, in]``. The inputs are moved to the model's device; the
+    random actions are drawn on the CPU (the same on every device)."""
     g = torch.Generator().manual_seed(seed)
+    dev = model.discount.device
     sums: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -71,7 +74,7 @@ def layer_hessians(model: WorldModel, inputs: Inputs, horizon: int = 3, seed: in
             sums[name] = sums[name] + xx if name in sums else xx
         return accumulate
 
-    obs, action, task = inputs
+    obs, action, task = (x.to(dev) for x in inputs)
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in matmul_layers(model)]
     training = model.training
     model.eval()  # no Q dropout
@@ -79,16 +82,17 @@ def layer_hessians(model: WorldModel, inputs: Inputs, horizon: int = 3, seed: in
         mask = model.action_mask(task)
         z = model.encode(obs, task)
         for h in range(horizon):
-            a = action if h == 0 else (torch.rand(action.shape, generator=g) * 2 - 1) * mask
+            a = action if h == 0 else (torch.rand(action.shape, generator=g).to(dev) * 2 - 1) * mask
             model.reward(z, a, task)
             model.Q(z, a, task, "all")
-            model.Q(z, model.pi(z, task, g)[0], task, "all")
+            eps = torch.randn(a.shape, generator=g).to(dev)
+            model.Q(z, model.pi(z, task, eps=eps)[0], task, "all")
             z = model.next(z, a, task)
     finally:
         model.train(training)
         for handle in handles:
             handle.remove()
-    return sums
+    return {k: v.cpu() for k, v in sums.items()}
 
 
 def calibration_hessians(model: WorldModel, steps: int = 60, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ D_COEF_CURVE = "reward distillation (0 = from scratch)"
 def base_point(P: AblationParams) -> dict[str, Any]:
     """The 03_distill parameters every axis varies around."""
     return {"teacher": P.teacher, "dataset": P.dataset, "d_coef": P.d_coef, "steps": P.steps,
-            "batch_size": P.batch_size, "out_dir": P.out_dir}
+            "batch_size": P.batch_size, "out_dir": P.out_dir, "device": P.device}
 
 
 def points(P: AblationParams) -> list[dict[str, Any]]:
@@ -40,7 +40,7 @@ def points(P: AblationParams) -> list[dict[str, Any]]:
 def points_table(points: list[dict[str, Any]]) -> pd.DataFrame:
     """The grid as a table: teachers by file name, without the folders every point shares."""
     return pd.DataFrame(points).assign(teacher=lambda d: d.teacher.map(lambda t: Path(t).name if t else None)).drop(
-        columns=["out_dir", "dataset"])
+        columns=["out_dir", "dataset", "device"])
 
 
 def main_teacher(P: AblationParams) -> str:

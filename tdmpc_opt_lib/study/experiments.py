@@ -75,7 +75,7 @@ def train_config(P: DistillParams) -> training.TrainConfig:
     return training.TrainConfig(
         data=str(P.dataset), out=str(run_dir(P)), steps=P.steps, batch_size=P.batch_size, seed=P.seed,
         model_size=P.model_size, d_coef=P.d_coef, distill=P.distill,
-        teacher=str(P.teacher) if P.d_coef > 0 else None, log_every=log_every,
+        teacher=str(P.teacher) if P.d_coef > 0 else None, log_every=log_every, device=P.device,
         checkpoint_every=log_every * max(1, min(1000, P.steps // 4) // log_every))
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from .. import checks
 from ..config import MODEL_SIZES, MT30, MT_MINI
 from ..planner import PlannerConfig
+from ..device import AUTO
 from ..quantize import SCHEMES
 
 PROFILES = ("smoke", "default", "paper")
@@ -95,7 +96,7 @@ _SEEDS = (lambda v: checks.list_of(v, checks.non_negative_int) and len(v) >= 1 a
 # command-line setting (checks.RULES)
 CHECKS: dict[str, checks.Rule] = {
     **{k: checks.RULES[k] for k in ("episodes", "episode_length", "seed", "mpc", "d_coef", "steps", "batch_size",
-                                    "model_size", "distill", "threads", "eval_episodes", "eval_mpc")},
+                                    "model_size", "distill", "threads", "eval_episodes", "eval_mpc", "device")},
     "profile": (lambda v: v in PROFILES, f"one of {PROFILES}"),
     "tasks": _TASKS,
     "teacher": _FILE,
@@ -138,6 +139,8 @@ class Params:
     """The profile the values not given were taken from."""
     out_dir: str = RESULTS
     """Folder of the notebooks' saved results (distillation runs are cached in its runs/ folder)."""
+    device: str = AUTO
+    """Torch device of training, evaluation and planning: 'auto' (CUDA when available, else the CPU), 'cpu', 'cuda'."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first parameter that is not acceptable."""
@@ -313,7 +316,7 @@ NOTEBOOK_PROFILES: dict[str, dict[str, Params]] = {
         "smoke": TeacherParams(tasks=SMOKE_TASKS, episodes=1, episode_length=20, mpc=False, num_samples=64,
                                iterations=2, out_dir=SMOKE_OUT),
         "default": TeacherParams(),
-        "paper": TeacherParams(episodes=10, mpc=True, num_samples=512, iterations=6),
+        "paper": TeacherParams(teacher=str(PAPER_TEACHER), episodes=10, mpc=True, num_samples=512, iterations=6),
     },
     "02_data": {
         "smoke": DataParams(out_dir=SMOKE_OUT),

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import quantize
 from ..checkpoints import load_checkpoint
+from ..device import resolve_device
 from . import paper
 from .experiments import pick_student
 from .params import MT_MINI_TEACHER, QuantizationParams
@@ -47,7 +48,8 @@ def quantize_models(paths: dict[str, Path], P: QuantizationParams) -> tuple[dict
         kw = dict(tasks=P.released_tasks if name == RELEASED else None, episodes=P.episodes, seed=0, mpc=P.mpc,
                   episode_length=P.episode_length, progress=False, cluster=P.cluster)
         table, eps = quantize.quantization_table(model, schemes(P), Path(P.out_dir) / "quantized" / name.replace(" ", "_"),
-                                                 kw, latency_steps=P.latency_steps, return_episodes=True)
+                                                 kw, latency_steps=P.latency_steps, return_episodes=True,
+                                                 device=resolve_device(P.device))
         tables[name] = table.set_index("scheme")
         episodes.append(eps.assign(model=name))
         print(f"{name}: {path.name}, {model.param_counts()['total (without target Qs)']:,} parameters")

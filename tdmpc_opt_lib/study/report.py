@@ -167,8 +167,10 @@ def write_findings(out: Path, profile: str, readme: Path | None = None) -> Path:
     return index
 
 
-def build(profile: str | None = None, only: list[str] | None = None, out: str | os.PathLike = REPO / "reports") -> Path:
-    """Execute the notebooks (papermill, kernel in the notebooks folder) and write the HTML report."""
+def build(profile: str | None = None, only: list[str] | None = None, out: str | os.PathLike = REPO / "reports",
+          device: str = "auto") -> Path:
+    """Execute the notebooks (papermill, kernel in the notebooks folder, parameter ``device``) and write the HTML
+    report."""
     import papermill as pm
 
     profile = profile_name(profile)
@@ -180,7 +182,7 @@ def build(profile: str | None = None, only: list[str] | None = None, out: str | 
         start = time.perf_counter()
         executed = out / nb.name
         # relative to the kernel's folder, so the pages do not show where this clone lives
-        pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile,
+        pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "device": device,
                                                                 "out_dir": os.path.relpath(results, NOTEBOOKS)},
                             cwd=str(NOTEBOOKS), progress_bar=False)
         to_html(executed)

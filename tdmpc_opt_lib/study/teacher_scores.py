@@ -28,7 +28,7 @@ def evaluate_models(model: WorldModel, P: TeacherParams) -> dict[str, pd.DataFra
     protocol = f"MPPI {P.num_samples}x{P.iterations}" if P.mpc else "policy prior"
     results = {"teacher": evaluate(model, **kw).assign(protocol=protocol)}
     if P.released and Path(P.released).resolve() != Path(P.teacher).resolve():
-        released = load_checkpoint(P.released)
+        released = load_checkpoint(P.released, device=model.discount.device)
         if set(model.cfg.tasks.tasks) <= set(released.cfg.tasks.tasks):
             tasks = P.tasks or list(model.cfg.tasks.tasks)
             results["released student"] = evaluate(released, **{**kw, "tasks": tasks}).assign(protocol=protocol)
