@@ -127,7 +127,7 @@ def test_findings_csv_and_the_readme_block(tmp_path):
     assert list(back.columns) == findings.COLUMNS and len(back) == len(table)
     block = findings.readme_block(back)
     assert block.startswith(findings.README_BEGIN) and block.endswith(findings.README_END)
-    assert "2.25 normalized points, 95 % CI" in block and "1.44 MiB (05_quantization)" in block
+    assert "2.25 normalized points, 95 % CI" in block and "deployable size in MiB: " in block and "1.44" in block
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Results\n\n{findings.readme_block(back.iloc[:1])}\n\nafter\n")
     assert findings.update_readme(readme, back) and not findings.update_readme(readme, back)

@@ -256,8 +256,22 @@ def sentence(r: pd.Series) -> str:
 
 
 def readme_block(table: pd.DataFrame) -> str:
-    """The README's generated results lines: one bullet per finding, between the two markers."""
-    lines = [f"- {sentence(r)}" for _, r in table.iterrows()] or ["- no findings yet: run `make report`"]
+    """The README's generated results lines, between the two markers: one bullet per finding, except that the
+    deployable sizes share one bullet and so do the MT-mini student's quantization changes (every row is in
+    ``findings.csv``)."""
+    sizes = table.unit.eq("MiB")
+    mini = table.finding.str.startswith("MT-mini student") & ~sizes
+    lines = [f"- {sentence(r)}" for _, r in table[~sizes & ~mini].iterrows()]
+    if sizes.any():
+        items = ", ".join(f"{r.finding.replace(': deployable size', '')} {number(r.estimate)}"
+                          for _, r in table[sizes].iterrows())
+        lines.append(f"- deployable size in MiB: {items} ({table[sizes].notebook.iloc[0]})")
+    if mini.any():
+        items = "; ".join(f"{r.finding.split(' minus')[0].removeprefix('MT-mini student ')} {number(r.estimate)} "
+                          f"[{number(r.ci95_low)}, {number(r.ci95_high)}]" for _, r in table[mini].iterrows())
+        lines.append(f"- MT-mini student, score of each scheme minus fp32 in normalized points [95 % CI]: {items} "
+                     f"({table[mini].notebook.iloc[0]})")
+    lines = lines or ["- no findings yet: run `make report`"]
     return "\n".join([README_BEGIN, *lines, README_END])
 
 
