@@ -268,6 +268,7 @@ def _eval_batch(model, batch: list[tuple[str, int]], lo: int, seed: int, mpc: bo
     """Episodes ``batch`` (the local call's batch starting at job ``lo``) exactly as :func:`evaluation.evaluate`
     runs it: the same planner seed ``seed + lo``, speed layer and environments."""
     from . import fast
+    from .envs.vector import LocalEnvs
     from .evaluation import _run_batch
     from .planner import Planner
 
@@ -276,7 +277,8 @@ def _eval_batch(model, batch: list[tuple[str, int]], lo: int, seed: int, mpc: bo
     runner = fast.accelerate(model) if speed else model
     with fast.cpu_runtime(next(model.parameters()).device) if speed else contextlib.nullcontext():
         planner = Planner(runner, planner_cfg, seed=seed + lo, compile=compile) if mpc else None
-        return _run_batch(runner, planner, batch, seed, episode_length, False, label=f"{lo + 1}-{lo + len(batch)}")
+        return _run_batch(runner, planner, LocalEnvs(model.cfg.tasks), batch, seed, episode_length, False,
+                          label=f"{lo + 1}-{lo + len(batch)}")
 
 
 def evaluate_split(model, names: list[str], episodes: int, seed: int, mpc: bool, planner_cfg, batch_envs: int,
