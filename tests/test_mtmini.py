@@ -90,7 +90,7 @@ def test_teacher_is_trained_in_two_phases(built):
     assert (second["steps"], second["batch_size"], second["seed"]) == (3, 8, 2)
     assert second["init_from"] == str((work / "teacher-phase1.pt").resolve())
     phase1 = summary["teacher"]["phase1"]
-    assert (phase1["settings"]["steps"], phase1["settings"]["batch_size"]) == (4, 16) and phase1["train_wall_s"] > 0
+    assert (phase1["settings"]["steps"], phase1["settings"]["batch_size"]) == (4, 16) and phase1["train_wall_s"] >= 0
     assert load_checkpoint(work / "teacher-phase1.pt").cfg.task_dim == 8
     assert "4 updates of batch 16 (seed 1" in (out / "README.md").read_text()
 
