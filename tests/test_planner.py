@@ -195,3 +195,6 @@ def test_accelerated_planner_follows_weight_updates(compile_):
         planner.generator.manual_seed(5)
         want = Planner(fresh, cfg, seed=5).plan(obs, task, True)
         torch.testing.assert_close(planner.plan(obs, task, True), want, atol=1e-4, rtol=0)
+        settled = {k: e[0] for k, e in quick.__dict__["_arrangement"].items()}
+        quick.arrange_planning()               # nothing changed since: no layer is arranged again
+        assert {k: e[0] for k, e in quick.__dict__["_arrangement"].items()} == settled

@@ -118,7 +118,7 @@ class FastWorldModel(WorldModel):
             with torch.inference_mode(False), torch.no_grad():
                 new = self._arrange(layers)
                 if entry is not None and all(a.shape == b.shape for a, b in zip(entry[1], new)):
-                    new = tuple(a.copy_(b) for a, b in zip(entry[1], new))
+                    new = tuple(a if a is b else a.copy_(b) for a, b in zip(entry[1], new))  # a bias is the parameter itself
             cache[key] = (version, new)
         return cache[key][1]
 
