@@ -107,16 +107,14 @@ def content_digest(path: str | os.PathLike | None) -> str | None:
     st = target.stat()
     key = (str(target.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        _DIGESTS[key] = _hash_file(target)
+        _DIGESTS[key] = _hash_file(target, "sha1").hexdigest()[:12]
     return _DIGESTS[key]
 
 
-def _hash_file(target: Path) -> str:
-    h = hashlib.sha1()
+def _hash_file(target: Path, algorithm: str):
+    """``hashlib`` object of ``target``'s bytes, read in blocks."""
     with open(target, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+        return hashlib.file_digest(f, algorithm)
 
 
 def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -147,7 +145,8 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 def check_zip(path: Path) -> None:
     """For a zip-based torch file, compare every entry with its stored CRC-32 (torch does not): a flipped
     byte gives a :class:`CheckpointError` instead of silently different weights."""
-    if not zipfile.is_zipfile(path):
+    key = (str(path.resolve()), *_stamp(path))
+    if key in _VERIFIED or not zipfile.is_zipfile(path):
         return
     try:
         with zipfile.ZipFile(path) as z:
@@ -157,11 +156,20 @@ def check_zip(path: Path) -> None:
                               f"({type(e).__name__}: {str(e)[:200]})") from e
     if bad is not None:
         raise CheckpointError(f"cannot read {path}: the file is corrupted (entry {bad} fails its CRC check)")
+    _VERIFIED.add(key)          # a file read again unchanged (a teacher per run) is checked once per process
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def safetensors_digest(tensor_file: Path, config: dict) -> str:
     """SHA-256 of a safetensors export: its tensor file's bytes and its config (without the digest)."""
-    h = hashlib.sha256(tensor_file.read_bytes())
+    h = _hash_file(tensor_file, "sha256")
     h.update(json.dumps({k: v for k, v in config.items() if k != "sha256"}, sort_keys=True).encode())
     return h.hexdigest()
 

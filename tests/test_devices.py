@@ -167,7 +167,7 @@ def test_content_digest_is_read_once_per_file_version(tmp_path, monkeypatch):
     f.write_bytes(b"a" * 100)
     reads = []
     real = checkpoints._hash_file
-    monkeypatch.setattr(checkpoints, "_hash_file", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(checkpoints, "_hash_file", lambda p, algorithm: reads.append(p) or real(p, algorithm))
     first = checkpoints.content_digest(f)
     assert checkpoints.content_digest(f) == first and len(reads) == 1
     f.write_bytes(b"b" * 101)                    # another size (and time): read again

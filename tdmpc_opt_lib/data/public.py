@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints import atomic_save, atomic_write_text
 from ..config import MT30
 from .storage import Dataset, DatasetError, DatasetWriter, _NpyAppender
 
@@ -95,6 +96,7 @@ class _ResumableWriter(DatasetWriter):
         self.done: list[str] = progress["done"] if progress else []
         rows = progress["rows"] if progress else 0
         episodes = np.load(self.tmp / "episodes.npy") if progress else np.zeros((2, 0), np.int64)
+        episodes = episodes[:, :progress.get("episodes", episodes.shape[1])] if progress else episodes
         self.episode_task, self.episode_length = [episodes[0]], [episodes[1]]
         self.files = {"obs": _reopen(self.tmp / "obs.npy", np.float32, (obs_dim,), rows),
                       "action": _reopen(self.tmp / "action.npy", np.float32, (action_dim,), rows),
@@ -110,9 +112,10 @@ class _ResumableWriter(DatasetWriter):
         np.save(self.tmp / "episodes.tmp.npy", episodes)
         os.replace(self.tmp / "episodes.tmp.npy", self.tmp / "episodes.npy")
         self.done.append(chunk)
-        progress = {"layout": self.layout, "done": self.done, "rows": self.files["reward"].rows}
-        (self.tmp / "progress.tmp.json").write_text(json.dumps(progress))
-        os.replace(self.tmp / "progress.tmp.json", self.tmp / "progress.json")
+        # episodes.npy may run a chunk ahead of progress.json after a kill between the two: "episodes" cuts it back
+        progress = {"layout": self.layout, "done": self.done, "rows": self.files["reward"].rows,
+                    "episodes": int(episodes.shape[1])}
+        atomic_write_text(self.tmp / "progress.json", json.dumps(progress))
 
     def close(self) -> Path:
         for name in ("episodes.npy", "progress.json"):
@@ -159,6 +162,8 @@ def convert_public(paths: list[str | os.PathLike], out_dir: str | os.PathLike, t
     writer = None
     try:
         for i, p in enumerate(paths):
+            if writer is not None and i < len(writer.done):     # converted before a kill: not read again
+                continue
             c = read_public_chunk(p, trust=True)
             if writer is None:
                 writer = _ResumableWriter(out_dir, tasks, c["obs"].shape[-1], c["action"].shape[-1], overwrite)
@@ -190,7 +195,6 @@ def export_public(ds: Dataset, out_dir: str | os.PathLike, episodes_per_chunk: i
     """Write ``chunk_{i}.pt`` files in the public layout (a dict of tensors per chunk; equal episode lengths)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ..checkpoints import atomic_save
     files = []
     for i, lo in enumerate(range(0, ds.num_episodes, episodes_per_chunk)):
         eps = range(lo, min(lo + episodes_per_chunk, ds.num_episodes))

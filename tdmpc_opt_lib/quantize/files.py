@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import (FORMAT, CheckpointError, atomic_save, atomic_write_text, build_model, reporting_write,
+from ..checkpoints import (FORMAT, CheckpointError, atomic_file, atomic_save, atomic_write_text, build_model,
                            safetensors_digest, to_public)
 from ..config import TaskSet
 from ..world_model import WorldModel
@@ -95,7 +95,7 @@ def export_safetensors(model: WorldModel, scheme: str, out_dir: str | os.PathLik
                        hessians: dict[str, torch.Tensor] | None = None) -> Path:
     """Inference export without pickle: ``model.safetensors`` (deployable tensors as the ``.pt`` file stores them)
     and ``config.json`` (config, scheme); read back by :func:`~tdmpc_opt_lib.checkpoints.load_checkpoint`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if scheme not in OUR_SCHEMES:
         raise ValueError(f"safetensors export supports {', '.join(OUR_SCHEMES)}; the paper recipes store "
@@ -104,8 +104,8 @@ def export_safetensors(model: WorldModel, scheme: str, out_dir: str | os.PathLik
                                hessians=hessians)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with reporting_write(out / "model.safetensors"):
-        save_file({k: v.contiguous() for k, v in obj["model"].items()}, out / "model.safetensors")
+    with atomic_file(out / "model.safetensors") as f:      # a kill never leaves a torn tensor file
+        f.write(save({k: v.contiguous() for k, v in obj["model"].items()}))
     config = {k: v for k, v in obj.items() if k != "model"}
     config["sha256"] = safetensors_digest(out / "model.safetensors", config)
     atomic_write_text(out / "config.json", json.dumps(config, indent=1))
