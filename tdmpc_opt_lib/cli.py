@@ -20,7 +20,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     model = load_checkpoint(args.checkpoint, task_set=args.task_set, model_size=args.model_size,
                             device=resolve_device(args.device))
-    progress = Path(f"{args.out}.part.json") if args.out else None      # finished batches, for a restart
+    # finished batches, for a restart (a cluster retries its batches itself)
+    progress = Path(f"{args.out}.part.json") if args.out and not args.cluster else None
     df = evaluate(model, args.tasks, args.episodes, args.seed, mpc=not args.no_mpc,
                   planner_cfg=PlannerConfig(num_samples=args.samples, iterations=args.iterations),
                   batch_envs=args.batch_envs, compile=not args.no_compile, resume=progress, cluster=args.cluster,
@@ -33,7 +34,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(out, index=False)
-        progress.unlink()
+        if progress is not None:
+            progress.unlink(missing_ok=True)
         print(f"wrote {out}")
 
 

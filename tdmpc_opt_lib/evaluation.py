@@ -79,6 +79,9 @@ def evaluate(model: WorldModel, tasks: str | list[str] | None = None, episodes: 
     if compile is None:
         compile = os.environ.get("TDMPC_OPT_COMPILE", "1") != "0"
     if cluster is not None:
+        if resume is not None or workers:
+            raise ValueError("evaluate on a cluster retries a failed batch itself: resume and workers apply to "
+                             "evaluations on this machine only")
         from .cluster import evaluate_split
         start = time.perf_counter()
         df = pd.DataFrame(evaluate_split(model, names, episodes, seed, mpc, planner_cfg, batch_envs, compile,

@@ -14,6 +14,7 @@ metrics, periodic evaluation and atomic checkpoints from which a killed run cont
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import checks, losses
 from . import fast
-from .checkpoints import CheckpointError, content_digest, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, atomic_write_text, content_digest, load_checkpoint, save_checkpoint
 from .config import ModelConfig, model_config, task_set
 from .data import Dataset, WindowSampler
 from .data.device_batches import DeviceBatches
@@ -382,7 +383,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
     out = Path(cfg.out)
     run_state = RunState(out / "train.pt", TRAIN_FORMAT, _run_config(cfg))
     guard = NumericalGuard(GUARDED)
-    with run_lock(out), preemption() as stop:
+    with run_lock(out), preemption() as stop, contextlib.closing(batches):
         state = run_state.load()
         sums: dict[str, torch.Tensor] = {}
         n_last = 0
@@ -391,7 +392,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
             sums, n_last = state.get("sums", {}), state.get("n_since_log", 0)   # set when stopped between log rows
         else:
             step = saved = 0
-            (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+            atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
             if projection is not None and projection.kind == "latent-pca":
                 fit_pca_projection(projection, learner.teacher, ds, cfg.pca_samples, cfg.seed)   # as training sees it
         log = MetricsCSV(out / "metrics.csv", CSV_COLUMNS, keep_until=step)
@@ -429,6 +430,5 @@ def train(cfg: TrainConfig, progress: bool = True) -> WorldModel:
             if n_last == 0:
                 t_last = time.perf_counter()
         bar.close()
-        batches.close()
         save_checkpoint(model, out / "model.pt", step=step)
     return model
