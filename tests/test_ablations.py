@@ -61,3 +61,12 @@ def test_labels_and_paper_rows():
 def test_every_paper_row_named_exists():
     from tdmpc_opt_lib.study import paper
     assert set(ablations.TABLE1_ROWS.values()) <= set(paper.table(1).setting)
+
+
+def test_the_base_point_is_trained_once_when_an_axis_repeats_it():
+    """A batch size or step count equal to the base point's gives the base point again: it runs once per seed."""
+    import json
+    from tdmpc_opt_lib.study import params
+    P = params.resolve("04_ablations", "smoke", batch_sizes=(params.resolve("04_ablations", "smoke").batch_size, 64))
+    pts = ablations.points(P)
+    assert len({json.dumps(p, sort_keys=True, default=str) for p in pts}) == len(pts)

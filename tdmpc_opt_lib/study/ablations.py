@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from . import paper
-from .experiments import grid
+from .experiments import grid, unique
 from .params import AblationParams
 
 # our label at the base point -> the paper's Table 1 row
@@ -31,7 +31,7 @@ def points(P: AblationParams) -> list[dict[str, Any]]:
     base = base_point(P)
     found = grid(base, d_coef=P.d_coefs, distill=P.variants, teacher=P.teachers)
     found += grid({**base, "d_coef": 0.0}, batch_size=P.batch_sizes, steps=P.step_counts)
-    found += grid(base, batch_size=P.batch_sizes, steps=P.step_counts)
+    found = unique(found + grid(base, batch_size=P.batch_sizes, steps=P.step_counts))   # the base may recur
     main = [base, {**base, "d_coef": 0.0}]
     seeds = list(dict.fromkeys([*P.seeds, *P.other_seeds]))
     return [{**p, "seed": s} for s in seeds for p in found if s in (P.seeds if p in main else P.other_seeds)]

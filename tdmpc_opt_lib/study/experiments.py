@@ -183,15 +183,12 @@ def distilled_minus_scratch(configs: pd.DataFrame) -> pd.DataFrame:
 def grid(base: dict[str, Any], **axes: list) -> list[dict[str, Any]]:
     """Points of a one-axis-at-a-time sweep around ``base``: for each axis, each value with the rest fixed
     (as the paper's tables vary one thing at a time); duplicates removed, order kept."""
-    points, seen = [], set()
-    for name, values in axes.items():
-        for v in values:
-            p = {**base, name: v}
-            key = json.dumps(p, sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
-                points.append(p)
-    return points
+    return unique([{**base, name: v} for name, values in axes.items() for v in values])
+
+
+def unique(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``points`` without repeats (equal parameters), order kept."""
+    return list({json.dumps(p, sort_keys=True, default=str): p for p in points}.values())
 
 
 @contextmanager
