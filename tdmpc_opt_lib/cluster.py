@@ -34,6 +34,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .runstate import release_foreign_lock
+
 INSTALL = 'pip install -e ".[cluster]"  (or: pip install "ray>=2.40")'
 CLAIM, LOG, DONE = "grid.claim", "grid.log", "result.json"
 STALE_S = 120.0        # a claim whose heartbeat is older than this is abandoned (its node is gone)
@@ -207,6 +209,8 @@ def run_point(folder: str | os.PathLike, owner: str, work: Callable[[], Any], st
             with open(folder / LOG, "a") as f:
                 f.write(json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "where": where(),
                                     "resumed": (folder / "train.pt").is_file(), "time": time.time()}) + "\n")
+            # holding the claim, an earlier holder on another host is gone: its training lock goes too
+            release_foreign_lock(folder)
             with _heartbeat(folder / CLAIM, heartbeat_s):
                 work()
             return "ran"

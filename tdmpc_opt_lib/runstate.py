@@ -198,6 +198,17 @@ def _stale(owner: dict, lock: Path) -> bool:
     return owner["pid"] == os.getpid() and lock not in _HELD or owner["pid"] != os.getpid() and not _alive(owner["pid"])
 
 
+def release_foreign_lock(folder: str | os.PathLike, name: str = LOCK_NAME) -> bool:
+    """Remove ``folder``'s lock when another host took it (:func:`run_lock` cannot tell whether that owner is
+    alive): for callers that know it is gone, e.g. a grid point whose claim went stale. True when removed."""
+    lock = Path(folder) / name
+    owner = _read_owner(lock)
+    if owner is None or owner.get("host") == socket.gethostname():
+        return False
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def _create(path: Path, text: str) -> bool:
     """Create ``path`` holding ``text`` atomically (complete or absent); False when it already exists."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")

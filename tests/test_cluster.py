@@ -308,3 +308,16 @@ def test_split_evaluation_equals_the_local_rows_and_redoes_a_killed_share(ray_cl
     assert killed, "no evaluation worker was killed"
     assert len(local) == 6 and split.attrs["mpc"]
     pd.testing.assert_frame_equal(split, local)
+
+
+def test_a_claimed_point_takes_over_the_training_lock_of_a_dead_node(tmp_path):
+    """A node that died while training leaves its run.lock, which run_lock cannot judge from another host: the
+    point's new claim holder removes it, so the retried run resumes instead of failing; a lock of this host stays
+    for run_lock to judge."""
+    (tmp_path / "run.lock").write_text(json.dumps({"host": "dead-node", "pid": 4242, "token": "x", "since": "-"}))
+    seen = []
+    assert rc.run_point(tmp_path, "me", lambda: seen.append((tmp_path / "run.lock").exists())) == "ran"
+    assert seen == [False]
+    (tmp_path / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "token": "x", "since": "-"}))
+    assert rc.run_point(tmp_path, "me", lambda: seen.append((tmp_path / "run.lock").exists())) == "ran"
+    assert seen == [False, True]
